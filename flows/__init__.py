@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows and deployments, and the `cmcl` command line."""

@@ -1,0 +1,96 @@
+"""The `cmcl` command line.
+
+Every command is thin: it loads the config, calls one pipeline/flow function and prints a
+summary. Errors the user can fix (``CMCLUserError``) are printed as a message naming the
+problem and the fix, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.errors import CMCLUserError
+
+app = typer.Typer(
+    name="cmcl",
+    help="CMCL: causal structure between clinical variables and image features.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="YAML config file (see README).", show_default=False)
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Configure the root logger for the CLI process (library code never does this)."""
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    try:  # the PHI filter lives with de-identification; keep the CLI usable without it
+        from pipeline.deid import PhiLogFilter
+
+        handler.addFilter(PhiLogFilter())
+    except ImportError:  # pragma: no cover - only while the module does not exist yet
+        pass
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "alembic.runtime.migration", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a CMCLUserError into a clean message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CMCLUserError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+# --- commands ------------------------------------------------------------------------------
+# Each command delegates to one function in pipeline/ or flows/; keep them thin.
+
+
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Folder for the synthetic cohort, databases and report.")
+    ] = Path("cmcl-demo"),
+) -> None:
+    """Synthetic cohort with a known causal graph, run end to end, compare with the truth."""
+    from flows.demo import run_demo
+
+    run_demo(workdir)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

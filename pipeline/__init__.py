@@ -1,0 +1,1 @@
+"""I/O around the algorithm: DICOM ingestion, de-identification, clinical source, ONNX, reports."""

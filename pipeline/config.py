@@ -1,0 +1,204 @@
+"""The pipeline's YAML configuration: typed, validated, with clear errors.
+
+Keys (see ARCHITECTURE.md)::
+
+    dicom:
+      source: /data/cxr            # folder scanned recursively (required)
+      modalities: [CR, DX, MR]     # others are quarantined as unsupported_modality
+      image_size: 64               # model input is image_size x image_size, one channel
+      mri_reduction: middle        # middle | mip: how an MRI volume becomes a 2D image
+      workers: 2                   # ingest processes
+      cache_dir: null              # preprocessed-array cache; default <results dir>/.cmcl_cache
+      reject_burned_in: true       # quarantine BurnedInAnnotation == YES
+    clinical:
+      url: postgresql://reader@db/clinic    # passwords only as ${ENV_VAR}
+      query: SELECT mrn, covid, age FROM clinical_records
+      id_column: mrn
+      variables: {covid: binary}   # continuous | binary | categorical; inferred if omitted
+    results:
+      url: sqlite:///cmcl.db
+      report_dir: reports          # one folder per run
+    model: {}                      # CMCL hyperparameters (cmcl_core.config.CMCLConfig fields)
+    seed: 0
+
+Secrets never live in the file: a database URL may reference environment variables as
+``${NAME}`` (expanded at load time), and a URL with a literal password is refused.
+Unknown keys are rejected so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class VariableType(StrEnum):
+    """How a clinical variable enters the causal model (its link function)."""
+
+    CONTINUOUS = "continuous"
+    BINARY = "binary"
+    CATEGORICAL = "categorical"
+
+
+class MriReduction(StrEnum):
+    """How a 3D MRI series is reduced to the 2D image the model takes."""
+
+    MIDDLE = "middle"  # the middle slice along the acquisition (slice) axis
+    MIP = "mip"  # maximum-intensity projection along the acquisition axis
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(url: str, key: str) -> str:
+    """Refuse a literal password; the ${VAR} form is expanded later by ``expand_env``."""
+    m = re.match(r"^[A-Za-z0-9+]+://[^:/@]*:([^@]*)@", url)
+    if m and not _ENV_REF.fullmatch(m.group(1)):
+        raise ValueError(
+            f"{key} contains a literal password; put it in an environment variable and "
+            f"write it as ${{NAME}} in the URL (secrets never live in the config file)"
+        )
+    return url
+
+
+class DicomConfig(_Strict):
+    source: Path
+    modalities: tuple[str, ...] = ("CR", "DX", "MR")
+    image_size: int = Field(64, ge=8, le=1024)
+    mri_reduction: MriReduction = MriReduction.MIDDLE
+    workers: int = Field(2, ge=1, le=256)
+    cache_dir: Path | None = None
+    reject_burned_in: bool = True
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one modality is required (e.g. [CR, DX, MR])")
+        return tuple(s.strip().upper() for s in v)
+
+
+class ClinicalConfig(_Strict):
+    url: str
+    query: str
+    id_column: str
+    variables: dict[str, VariableType] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v, "clinical.url")
+
+
+class ResultsConfig(_Strict):
+    url: str = "sqlite:///cmcl.db"
+    report_dir: Path = Path("reports")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v, "results.url")
+
+
+class Config(_Strict):
+    dicom: DicomConfig
+    clinical: ClinicalConfig
+    results: ResultsConfig = ResultsConfig()
+    model: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as JSON-able data, safe to store with a run (no secrets expanded)."""
+        return self.model_dump(mode="json")
+
+
+def expand_env(url: str) -> str:
+    """Expand ``${NAME}`` references from the environment (for opening connections only).
+
+    Raises:
+        ConfigError: a referenced variable is not set.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                f"the database URL refers to ${{{name}}} but that environment variable is not set",
+                f"export {name}=... before running",
+            )
+        return os.environ[name]
+
+    return _ENV_REF.sub(repl, url)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (check its spelling; see the README's config)")
+        elif e["type"] == "missing":
+            lines.append(f"  - {loc}: required key is missing")
+        else:
+            lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Config:
+    """Validate a parsed config mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a YAML mapping (dicom:, clinical:, ...)")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def res(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+    dicom = cfg.dicom.model_copy(
+        update={"source": res(cfg.dicom.source), "cache_dir": res(cfg.dicom.cache_dir)}
+    )
+    results = cfg.results.model_copy(update={"report_dir": res(cfg.results.report_dir)})
+    url = cfg.results.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and rel != ":memory:":
+            url = "sqlite:///" + str((base / rel).resolve())
+    results = results.model_copy(update={"url": url})
+    return cfg.model_copy(update={"dicom": dicom, "results": results})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file.
+
+    Relative paths (``dicom.source``, ``results.report_dir``, a relative SQLite file) are
+    resolved against the config file's folder, so a config works from any working directory.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}", "pass --config with a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+    return config_from_dict(data, source=str(p), base_dir=p.parent.resolve())
