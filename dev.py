@@ -41,7 +41,7 @@ def _wanted_stamp() -> str:
 
 def setup() -> None:
     """Create .venv and install the package (editable) unless already up to date."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"Python >= 3.11 is required (this is {sys.version.split()[0]})")
     if not PY.exists():
         print(f"creating virtual environment {VENV}", flush=True)
