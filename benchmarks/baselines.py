@@ -1,0 +1,334 @@
+"""Representation learners for the two-stage baselines of the paper's benchmark (Section 4.1).
+
+Each baseline learns ``z_hat`` from images (iVAE also from ``u``); the benchmark then runs
+``cmcl_core.dag.learn_dag`` on ``[u, z_hat]`` with the same bipartite mask CMCL uses. The
+learners are the ones the paper compares against in Table 1 and Figure 2:
+
+* ``vae``: plain VAE (Kingma and Welling, 2014), standard normal prior.
+* ``betavae``: beta-VAE (Higgins et al., 2017), KL weighted by ``beta``.
+* ``ivae``: iVAE (Khemakhem et al., 2020) as in the reference code ilkhem/iVAE: conditional
+  factorised Gaussian prior ``p(z | u) = N(0, diag(exp(logl(u))))`` (zero mean, u-dependent
+  variance) and posterior ``q(z | x, u)``.
+* ``tcvae``: beta-TCVAE (Chen et al., 2018), ELBO split into index-code MI, total correlation and
+  dimension-wise KL, with the minibatch-weighted-sampling (MWS) estimate of ``log q(z)``.
+* ``factorvae``: FactorVAE (Kim and Mnih, 2018), TC penalised through a discriminator between
+  ``q(z)`` samples and their dimension-wise permutations (density-ratio trick).
+
+All learners share one convolutional encoder/decoder (the synthetic-data widths of the paper's
+Appendix D.3, "16/16/32/32/64/64" down and "64/64/32/32/16/16" up, ReLU between layers, Bernoulli
+cross-entropy reconstruction), the same one CMCL's latent-embedding module uses, so the
+comparison only differs in the objective. The networks are written here with plain torch
+because no maintained library ships these five objectives behind one small API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("vae", "betavae", "ivae", "tcvae", "factorvae")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Hyperparameters shared by the two-stage representation learners.
+
+    Attributes:
+        epochs: passes over the data.
+        batch_size: minibatch size (clipped to n).
+        lr: Adam learning rate.
+        beta: KL weight of beta-VAE and TC weight of beta-TCVAE.
+        gamma: TC weight of FactorVAE.
+        hidden: width of the iVAE prior / posterior MLPs.
+        enc_channels: encoder channels, one stride-2 pair per two entries (Appendix D.3).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta: float = 4.0
+    gamma: float = 10.0
+    hidden: int = 50
+    enc_channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)
+
+
+def _down_stages(image_size: int, n_pairs: int) -> int:
+    """Number of stride-2 stages that keep the feature map at least 4x4."""
+    stages = 0
+    size = image_size
+    while stages < n_pairs and size % 2 == 0 and size // 2 >= 4:
+        size //= 2
+        stages += 1
+    return stages
+
+
+class ConvEncoder(nn.Module):
+    """Conv encoder: pairs (stride 1, stride 2) of 3x3 convs with ReLU, then a linear head.
+
+    Args:
+        image_size: side of the square input.
+        in_channels: image channels.
+        out_dim: size of the output vector (e.g. 2m for mean and log-variance).
+        channels: channel widths, two per resolution (Appendix D.3).
+    """
+
+    def __init__(self, image_size: int, in_channels: int, out_dim: int, channels: tuple[int, ...]):
+        super().__init__()
+        stages = _down_stages(image_size, len(channels) // 2)
+        layers: list[nn.Module] = []
+        c_in, size = in_channels, image_size
+        for i, c_out in enumerate(channels):
+            stride = 2 if (i % 2 == 1 and i // 2 < stages) else 1
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
+            c_in, size = c_out, size // stride
+        self.conv = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in * size * size, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).flatten(1)  # [n, C, H, W] -> [n, c * s * s]
+        return self.head(h)  # [n, c * s * s] -> [n, out_dim]
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: linear to a small map, then transposed convs to logits.
+
+    Args:
+        latent_dim: size of the input code.
+        image_size: side of the square output.
+        out_channels: image channels.
+        channels: the encoder's channel widths (used in reverse).
+    """
+
+    def __init__(
+        self, latent_dim: int, image_size: int, out_channels: int, channels: tuple[int, ...]
+    ):
+        super().__init__()
+        rev = tuple(reversed(channels))
+        stages = _down_stages(image_size, len(channels) // 2)
+        self.c0, self.s0 = rev[0], image_size // (2**stages)
+        self.fc = nn.Linear(latent_dim, self.c0 * self.s0 * self.s0)
+        layers: list[nn.Module] = []
+        c_in = rev[0]
+        for i, c_out in enumerate(rev[1:]):
+            if i % 2 == 0 and i // 2 < stages:
+                layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            else:
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+            c_in = c_out
+        n_up = sum(isinstance(layer, nn.ConvTranspose2d) for layer in layers)
+        for _ in range(stages - n_up):  # odd channel lists: finish the upsampling
+            layers += [nn.ConvTranspose2d(c_in, c_in, 4, stride=2, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc(z)).view(-1, self.c0, self.s0, self.s0)  # [n, m] -> [n, c, s, s]
+        return self.deconv(h)  # [n, c, s, s] -> [n, C, H, W] logits
+
+
+def _mlp(d_in: int, d_out: int, hidden: int, n_hidden: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(n_hidden):
+        layers += [nn.Linear(d, hidden), nn.LeakyReLU(0.1)]
+        d = hidden
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def _gauss_logpdf(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; mu, exp(logvar))."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 / logvar.exp())
+
+
+def _kl_gauss(
+    mu: torch.Tensor, logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mu, e^logvar) || N(p_mu, e^p_logvar)) summed over the last axis: [n, m] -> [n]."""
+    kl = p_logvar - logvar + (logvar.exp() + (mu - p_mu) ** 2) / p_logvar.exp() - 1.0
+    return 0.5 * kl.sum(-1)
+
+
+class _VAENet(nn.Module):
+    """Encoder ``q(z | x[, u])``, decoder ``p(x | z)`` and, for iVAE, the prior ``p(z | u)``."""
+
+    def __init__(self, kind: str, image_size: int, channels_in: int, m: int, d: int, cfg):
+        super().__init__()
+        self.kind, self.m = kind, m
+        conditional = kind == "ivae"
+        feat = 2 * m if not conditional else cfg.hidden
+        self.encoder = ConvEncoder(image_size, channels_in, feat, cfg.enc_channels)
+        self.decoder = ConvDecoder(m, image_size, channels_in, cfg.enc_channels)
+        if conditional:
+            # q(z | x, u): image features and u through an MLP (ilkhem/iVAE uses an MLP on [x, u]).
+            self.post = _mlp(cfg.hidden + d, 2 * m, cfg.hidden)
+            # p(z | u) = N(0, diag(exp(logl(u)))): zero mean, u-dependent variance (ilkhem/iVAE).
+            self.prior_logl = _mlp(d, m, cfg.hidden)
+        if kind == "factorvae":
+            self.disc = _mlp(m, 2, 1000 if m > 20 else 256, n_hidden=3)
+
+    def encode(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)  # [n, C, H, W] -> [n, feat]
+        if self.kind == "ivae":
+            h = self.post(torch.cat([F.relu(h), u], dim=1))  # [n, hidden + d] -> [n, 2m]
+        mu, logvar = h.chunk(2, dim=1)  # [n, 2m] -> 2 x [n, m]
+        return mu, logvar.clamp(-10.0, 8.0)
+
+
+def _tc_mws_terms(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_data: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """beta-TCVAE decomposition with minibatch-weighted sampling (Chen et al. 2018, Eq. 3-4).
+
+    Args:
+        z: samples ``[b, m]`` from ``q(z | x)``.
+        mu: posterior means ``[b, m]``.
+        logvar: posterior log-variances ``[b, m]``.
+        n_data: dataset size N.
+
+    Returns:
+        Per-sample (index-code MI, total correlation, dimension-wise KL), each ``[b]``.
+    """
+    b = z.shape[0]
+    log_qz_x = _gauss_logpdf(z, mu, logvar).sum(1)  # [b, m] -> [b]
+    mat = _gauss_logpdf(
+        z[:, None, :], mu[None], logvar[None]
+    )  # [b, 1, m] vs [1, b, m] -> [b, b, m]
+    log_nm = math.log(b * n_data)
+    log_qz = torch.logsumexp(mat.sum(2), dim=1) - log_nm  # [b, b] -> [b]
+    log_prod_qzi = (torch.logsumexp(mat, dim=1) - log_nm).sum(1)  # [b, m] -> [b]
+    log_pz = _gauss_logpdf(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)  # [b]
+    return log_qz_x - log_qz, log_qz - log_prod_qzi, log_prod_qzi - log_pz
+
+
+def _permute_dims(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shuffle each latent dimension independently across the batch (FactorVAE, Alg. 2)."""
+    b, m = z.shape
+    idx = torch.argsort(torch.rand(b, m, generator=gen, device=z.device), dim=0)  # [b, m]
+    return torch.gather(z, 0, idx)  # [b, m] -> [b, m]
+
+
+class TwoStageLearner:
+    """A representation learner for the two-stage baselines (scikit-learn style).
+
+    Args:
+        kind: one of :data:`BASELINES`.
+        latent_dim: m, the number of latents to learn.
+        config: hyperparameters; defaults when None.
+        device: torch device; CUDA when available when None.
+        seed: seeds the initialisation and minibatch order.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        latent_dim: int,
+        config: BaselineConfig | None = None,
+        device: str | None = None,
+        seed: int = 0,
+    ):
+        self.kind = kind
+        self.latent_dim = latent_dim
+        self.config = config
+        self.device = device
+        self.seed = seed
+
+    def _check(self, images: np.ndarray, u: np.ndarray) -> None:
+        if self.kind not in BASELINES:
+            raise ValueError(f"unknown baseline {self.kind!r}; choose one of {BASELINES}")
+        if images.ndim != 4 or images.shape[2] != images.shape[3]:
+            raise ValueError(f"images must be [n, C, H, H], got shape {images.shape}")
+        if u.ndim != 2 or u.shape[0] != images.shape[0]:
+            raise ValueError(f"u must be [n, d] with n = {images.shape[0]}, got {u.shape}")
+
+    def fit(self, images: np.ndarray, u: np.ndarray) -> TwoStageLearner:
+        """Train on images ``[n, C, H, H]`` in [0, 1] and ``u`` ``[n, d]``; returns self."""
+        images, u = np.asarray(images, np.float32), np.asarray(u, np.float32)
+        self._check(images, u)
+        cfg = self.config or BaselineConfig()
+        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.manual_seed(self.seed)
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        n, c, h, _ = images.shape
+        self.u_mean_, self.u_std_ = u.mean(0), u.std(0) + 1e-6
+        net = _VAENet(self.kind, h, c, self.latent_dim, u.shape[1], cfg).to(dev)
+        vae_params = [p for name, p in net.named_parameters() if not name.startswith("disc.")]
+        opt = torch.optim.Adam(vae_params, lr=cfg.lr)
+        opt_d = torch.optim.Adam(net.disc.parameters(), lr=1e-4) if hasattr(net, "disc") else None
+        X = torch.from_numpy(images).to(dev)  # [n, C, H, W]
+        U = torch.from_numpy((u - self.u_mean_) / self.u_std_).to(dev)  # [n, d]
+        bs = min(cfg.batch_size, n)
+        self.history_: list[float] = []
+        t0 = time.perf_counter()
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen, device=dev)
+            total = 0.0
+            for start in range(0, n - bs + 1, bs):
+                idx = perm[start : start + bs]
+                loss, z = self._loss(net, X[idx], U[idx], n, cfg)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if opt_d is not None:
+                    self._disc_step(net, opt_d, z.detach(), gen)
+                total += float(loss.detach()) * bs
+            self.history_.append(total / n)
+            logger.debug("%s epoch %d loss %.3f", self.kind, epoch, self.history_[-1])
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.net_ = net.eval()
+        self.device_ = dev
+        return self
+
+    def _loss(self, net: _VAENet, x: torch.Tensor, u: torch.Tensor, n: int, cfg: BaselineConfig):
+        mu, logvar = net.encode(x, u)  # [b, m] each
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # [b, m]
+        logits = net.decoder(z)  # [b, m] -> [b, C, H, W]
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        zeros = torch.zeros_like(mu)
+        if self.kind == "ivae":
+            p_logvar = net.prior_logl(u).clamp(-10.0, 8.0)  # [b, d] -> [b, m]
+            kl = _kl_gauss(mu, logvar, zeros, p_logvar)
+        elif self.kind == "tcvae":
+            mi, tc, dw_kl = _tc_mws_terms(z, mu, logvar, n)
+            kl = mi + cfg.beta * tc + dw_kl
+        else:
+            kl = _kl_gauss(mu, logvar, zeros, zeros)
+            if self.kind == "betavae":
+                kl = cfg.beta * kl
+        loss = (rec + kl).mean()
+        if self.kind == "factorvae":
+            d_logits = net.disc(z)  # [b, m] -> [b, 2]; TC ~ E[log D(z) - log(1 - D(z))]
+            loss = loss + cfg.gamma * (d_logits[:, 0] - d_logits[:, 1]).mean()
+        return loss, z
+
+    @staticmethod
+    def _disc_step(net: _VAENet, opt_d, z: torch.Tensor, gen: torch.Generator) -> None:
+        """FactorVAE discriminator update: class 0 = q(z) samples, class 1 = permuted."""
+        z_perm = _permute_dims(z, gen)
+        logits = net.disc(torch.cat([z, z_perm]))  # [2b, m] -> [2b, 2]
+        target = torch.cat([torch.zeros(len(z)), torch.ones(len(z))]).long().to(z.device)
+        d_loss = F.cross_entropy(logits, target)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+
+    @torch.no_grad()
+    def transform(self, images: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Posterior means of z: images ``[n, C, H, H]``, u ``[n, d]`` -> ``[n, m]``."""
+        if not hasattr(self, "net_"):
+            raise ValueError("call fit() before transform()")
+        images, u = np.asarray(images, np.float32), np.asarray(u, np.float32)
+        self._check(images, u)
+        X = torch.from_numpy(images).to(self.device_)
+        U = torch.from_numpy((u - self.u_mean_) / self.u_std_).to(self.device_)
+        out = [self.net_.encode(X[i : i + 512], U[i : i + 512])[0] for i in range(0, len(X), 512)]
+        return torch.cat(out).cpu().numpy()  # [n, m]
