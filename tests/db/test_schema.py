@@ -1,0 +1,135 @@
+"""Migrations, model/migration agreement, engine setup and error messages (SQLite + PostgreSQL)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from db.engine import VERSION_TABLE, current_revision, head_revision, open_results, upgrade
+from db.errors import ResultsDatabaseError
+from db.models import Base
+
+TABLES = {
+    "cmcl_runs",
+    "cmcl_edges",
+    "cmcl_latents",
+    "cmcl_images",
+    "cmcl_quarantine",
+    "cmcl_run_variables",
+    "cmcl_artifacts",
+}
+
+
+def test_migrations_apply_from_empty_and_are_idempotent(results_url):
+    eng = open_results(results_url)
+    try:
+        names = set(sa.inspect(eng).get_table_names())
+        assert TABLES | {VERSION_TABLE} <= names
+        assert current_revision(eng) == head_revision()
+    finally:
+        eng.dispose()
+    # a second open runs no DDL at all
+    eng = open_results(results_url, migrate=False)
+    ddl: list[str] = []
+    sa.event.listen(
+        eng,
+        "before_cursor_execute",
+        lambda conn, cur, stmt, *a: (
+            ddl.append(stmt)
+            if stmt.lstrip().upper()[:6] in {"CREATE", "ALTER ", "DROP T"}
+            else None
+        ),  # fmt: skip
+    )
+    from db.engine import apply_migrations
+
+    assert apply_migrations(eng) == head_revision()
+    assert ddl == []
+    eng.dispose()
+    assert upgrade(results_url) == head_revision()
+
+
+def test_models_and_migrations_agree(results_url):
+    eng = open_results(results_url)
+    try:
+        with eng.connect() as conn:
+            ctx = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            diff = compare_metadata(ctx, Base.metadata)
+    finally:
+        eng.dispose()
+    assert diff == [], f"models and migrations differ; write a migration: {diff}"
+
+
+def test_sqlite_pragmas_and_savepoint(sqlite_url, tmp_path):
+    nested = tmp_path / "a" / "b" / "results.db"
+    eng = open_results(f"sqlite:///{nested}")
+    try:
+        assert nested.exists()
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        # SAVEPOINT rollback inside a transaction works (pysqlite BEGIN fix)
+        runs = Base.metadata.tables["cmcl_runs"]
+        with eng.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+            conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            sp = conn.begin_nested()
+            conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+            sp.rollback()
+        with eng.connect() as conn:
+            assert conn.execute(sa.text("SELECT x FROM t")).scalars().all() == [1]
+            assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 0
+        # transactional DDL: a rolled-back CREATE TABLE leaves nothing behind
+        with eng.connect() as conn:
+            tx = conn.begin()
+            conn.execute(sa.text("CREATE TABLE gone (x INTEGER)"))
+            tx.rollback()
+        assert "gone" not in sa.inspect(eng).get_table_names()
+    finally:
+        eng.dispose()
+
+
+def test_unreachable_postgres_fails_fast_without_password():
+    t0 = time.monotonic()
+    with pytest.raises(ResultsDatabaseError) as info:
+        open_results("postgresql://cmcl:s3cretPassw0rd@127.0.0.1:1/results")
+    assert time.monotonic() - t0 < 15
+    msg = str(info.value)
+    assert "s3cretPassw0rd" not in msg and "s3cretPassw0rd" not in repr(info.value)
+    assert "127.0.0.1" in msg and "fix:" in msg
+    assert info.value.__suppress_context__  # the driver's traceback is not printed
+
+
+def test_bad_url_and_missing_driver_are_clear():
+    with pytest.raises(ResultsDatabaseError, match="not a database URL"):
+        open_results("not a url")
+    with pytest.raises(ResultsDatabaseError, match="no driver"):
+        open_results("mysql+nosuchdriver://u:pw@host/db")
+
+
+def test_read_only_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "ro" / "results.db"
+    open_results(f"sqlite:///{path}").dispose()
+    path.chmod(0o444)
+    try:
+        import os
+
+        if os.access(path, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("file permissions are not enforced for this user")
+        with pytest.raises(ResultsDatabaseError, match="read-only"):
+            open_results(f"sqlite:///{path}")
+    finally:
+        path.chmod(0o644)
+
+
+def test_uncreatable_sqlite_folder_is_clear(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(ResultsDatabaseError, match="cannot create the folder"):
+        open_results(f"sqlite:///{blocker / 'sub' / 'results.db'}")
