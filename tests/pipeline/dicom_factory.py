@@ -120,8 +120,7 @@ def make_dataset(
     ds.file_meta.MediaStorageSOPInstanceUID = sop_instance
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
-    if uids.sop_instance is not None:
-        ds.SOPInstanceUID = sop_instance
+    ds.SOPInstanceUID = sop_instance
     ds.StudyInstanceUID = uids.study
     ds.SeriesInstanceUID = uids.series
     ds.Modality = modality
@@ -150,7 +149,14 @@ def make_dataset(
             pixels = synthetic_pixels(
                 rows, columns, bits_stored=bits_stored, frames=frames, seed=seed
             )
-    ds.set_pixel_data(pixels, photometric, bits_stored=8 if photometric == "RGB" else bits_stored)
+    ds.set_pixel_data(
+        pixels,
+        photometric,
+        bits_stored=8 if photometric == "RGB" else bits_stored,
+        generate_instance_uid=False,  # keep the SOPInstanceUID chosen above
+    )
+    if uids.sop_instance is None:
+        del ds.SOPInstanceUID
 
     ts = UID(transfer_syntax)
     if ts == RLELossless:
