@@ -9,7 +9,14 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from db.engine import VERSION_TABLE, current_revision, head_revision, open_results, upgrade
+from db.engine import (
+    VERSION_TABLE,
+    apply_migrations,
+    current_revision,
+    head_revision,
+    open_results,
+    upgrade,
+)
 from db.errors import ResultsDatabaseError
 from db.models import Base
 
@@ -34,20 +41,12 @@ def test_migrations_apply_from_empty_and_are_idempotent(results_url):
         eng.dispose()
     # a second open runs no DDL at all
     eng = open_results(results_url, migrate=False)
-    ddl: list[str] = []
-    sa.event.listen(
-        eng,
-        "before_cursor_execute",
-        lambda conn, cur, stmt, *a: (
-            ddl.append(stmt)
-            if stmt.lstrip().upper()[:6] in {"CREATE", "ALTER ", "DROP T"}
-            else None
-        ),  # fmt: skip
-    )
-    from db.engine import apply_migrations
-
+    statements: list[str] = []
+    sa.event.listen(eng, "before_cursor_execute", lambda c, cur, stmt, *a: statements.append(stmt))
     assert apply_migrations(eng) == head_revision()
+    ddl = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER", "DROP"))]
     assert ddl == []
+    assert statements, "the listener saw no statement at all"
     eng.dispose()
     assert upgrade(results_url) == head_revision()
 
