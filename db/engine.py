@@ -180,12 +180,12 @@ def translate_errors(engine: sa.Engine, what: str) -> Iterator[None]:
         yield
     except exc.IntegrityError as err:
         raise ResultsIntegrityError(
-            f"could not {what} in {shown}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
             "this is a bug in the caller (duplicate key or missing run); nothing was written",
         ) from None
     except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as err:
         raise ResultsDatabaseError(
-            f"could not {what} in {shown}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
             "check that the database server is running and reachable, that the credentials "
             "in the environment are right and that the database is writable; then retry",
         ) from None

@@ -45,7 +45,7 @@ def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "alembic.runtime.migration", "matplotlib", "PIL"):
+    for noisy in ("httpx", "httpcore", "alembic", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -85,6 +85,27 @@ def demo(
     from flows.demo import run_demo
 
     run_demo(workdir)
+
+
+db_app = typer.Typer(name="db", help="Results database maintenance.", no_args_is_help=True)
+app.add_typer(db_app)
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade(config: ConfigOpt) -> None:
+    """Create or migrate the results database (results.url) to the newest schema."""
+    from db.engine import safe_url, upgrade
+    from db.errors import ResultsDatabaseError
+    from pipeline.config import expand_env, load_config
+    from pipeline.errors import DatabaseUnavailable
+
+    cfg = load_config(config)
+    try:
+        revision = upgrade(expand_env(cfg.results.url))
+    except ResultsDatabaseError as err:
+        raise DatabaseUnavailable(err.problem, err.fix) from None
+    typer.echo(f"results database {safe_url(cfg.results.url)} is at revision {revision}")
 
 
 def main() -> None:
