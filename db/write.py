@@ -287,10 +287,10 @@ def mark_stale_runs(engine: sa.Engine, older_than_s: float) -> int:
 
 def _z_list(z: Any, i: int, m: int | None) -> list[float]:
     vals = z.tolist() if hasattr(z, "tolist") else list(z)
-    out = [float(v) for v in vals]
+    out = list(map(float, vals))
     if m is not None and len(out) != m:
         raise ValueError(f"latent row {i}: z has {len(out)} values, expected m = {m}")
-    if not all(math.isfinite(v) for v in out):
+    if not all(map(math.isfinite, out)):
         raise ValueError(f"latent row {i}: z contains NaN or infinity; refusing to store it")
     return out
 
@@ -303,9 +303,41 @@ def _insert_latents(
     n = 0
     for batch in _chunks(latents, LATENT_CHUNK):
         data, m = _latent_dicts(batch, run_id, n, m, scored)
-        conn.execute(stmt, data)
+        if conn.dialect.name == "postgresql":
+            _copy_latents_pg(conn, data)
+        else:
+            conn.execute(stmt, data)
         n += len(data)
     return n, m
+
+
+_COPY_LATENTS = "COPY cmcl_latents (run_id, image_key, patient_key, z, scored) FROM STDIN"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_latents_pg(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+    """Bulk-load latents with PostgreSQL COPY (text format) inside the open transaction.
+
+    psycopg's executemany dumps each FLOAT8[] through a Python-level list dumper (~4x slower
+    for 100k rows); COPY is the documented bulk path. ``repr`` of a finite float is the
+    shortest string that parses back to the same double, so z round-trips exactly.
+    """
+    import psycopg
+
+    lines = [
+        f"{d['run_id']}\t{d['image_key'].translate(_COPY_ESCAPES)}\t"
+        f"{d['patient_key'].translate(_COPY_ESCAPES)}\t{{{','.join(map(repr, d['z']))}}}\t"
+        f"{'t' if d['scored'] else 'f'}\n"
+        for d in data
+    ]
+    raw = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cur, cur.copy(_COPY_LATENTS) as copy:
+            copy.write("".join(lines))
+    except psycopg.Error as err:  # not wrapped by SQLAlchemy: give it SQLAlchemy's type
+        raise sa.exc.DBAPIError.instance(
+            _COPY_LATENTS, None, err, psycopg.Error, hide_parameters=True, dialect=conn.dialect
+        ) from None
 
 
 def _latent_dicts(
