@@ -77,7 +77,6 @@ def bench_naive(url: str, latents: list[LatentRow]) -> float:
                         run_id=run_id, image_key=r.image_key, patient_key=r.patient_key, z=list(r.z)
                     )
                 )
-                session.flush()  # what a per-row loop with error handling typically does
             session.commit()
         return time.perf_counter() - t0
     finally:
