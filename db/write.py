@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -166,6 +167,22 @@ def remove_images(engine: sa.Engine, file_keys: Iterable[str]) -> int:
 # --- run life cycle -------------------------------------------------------------------------
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+
+
+def _redact(obj: Any) -> Any:
+    """Mask literal passwords in URL strings anywhere in a config (``${VAR}`` is kept)."""
+    if isinstance(obj, str):
+        return _URL_PASSWORD.sub(
+            lambda mt: mt.group(0) if mt["pw"].startswith("${") else mt["head"] + "***", obj
+        )
+    if isinstance(obj, dict):
+        return {k: _redact(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_redact(v) for v in obj]
+    return obj
+
+
 def start_run(
     engine: sa.Engine,
     *,
@@ -177,7 +194,8 @@ def start_run(
     """Record a new run with status 'running' and return its id.
 
     Args:
-        config: the validated config as JSON-able data, without secrets.
+        config: the validated config as JSON-able data, without secrets (a literal password
+            in a URL is masked anyway).
         code_version: package version (and git commit when known).
         data_fingerprint: sha256 over the sorted input keys/content hashes, if known yet.
         device: e.g. "cuda:0" or "cpu", if known yet.
@@ -187,7 +205,7 @@ def start_run(
         status=RunStatus.RUNNING.value,
         started_at=now,
         heartbeat_at=now,
-        config=config,
+        config=_redact(config),
         code_version=code_version,
         data_fingerprint=data_fingerprint,
         device=device,

@@ -132,3 +132,19 @@ def test_uncreatable_sqlite_folder_is_clear(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ResultsDatabaseError, match="cannot create the folder"):
         open_results(f"sqlite:///{blocker / 'sub' / 'results.db'}")
+
+
+def test_concurrent_first_open_migrates_once(results_url):
+    """Two workers opening a fresh database at once both succeed (migration lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_and_close(_: int) -> str | None:
+        eng = open_results(results_url)
+        try:
+            return current_revision(eng)
+        finally:
+            eng.dispose()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        revs = list(pool.map(open_and_close, range(2)))
+    assert revs == [head_revision(), head_revision()]

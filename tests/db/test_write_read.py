@@ -252,3 +252,11 @@ def test_naive_datetime_is_refused(engine):
     runs = Run.__table__
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as conn:
         conn.execute(sa.update(runs).values(heartbeat_at=datetime(2020, 1, 1)))
+
+
+def test_config_passwords_are_masked(engine):
+    cfg = {"clinical": {"url": "postgresql://reader:hunter2@db/clinic"}, "seed": 1}
+    run_id = write.start_run(engine, config=cfg, code_version="t")
+    stored = read.get_run(engine, run_id)["config"]
+    assert "hunter2" not in str(stored)
+    assert stored["clinical"]["url"] == "postgresql://reader:***@db/clinic"
