@@ -155,3 +155,35 @@ def test_invalid_arguments(kwargs: dict, match: str) -> None:
 def test_unknown_setting() -> None:
     with pytest.raises(ValueError, match="unknown graph setting"):
         simulate_setting("7/7")
+
+
+def test_digits_rotation_and_shift() -> None:
+    pytest.importorskip("sklearn")  # benchmarks/digits_data.py uses scikit-learn's 8x8 digits
+    from scipy.ndimage import rotate
+
+    from benchmarks.digits_data import make_rotation_digits, make_shift_digits
+
+    rot = make_rotation_digits(n=60, seed=1)
+    shf = make_shift_digits(n=60, seed=1)
+    for data, name in ((rot, "angle"), (shf, "v")):
+        assert data.images.shape == (60, 1, 28, 28) and data.images.dtype == np.float32
+        assert data.images.min() >= 0.0 and data.images.max() <= 1.0
+        assert data.u.shape == (60, 2) and data.u_names == (name, "digit")
+        assert data.u_types == ("continuous", "categorical")
+        assert set(np.unique(data.u[:, 1])) <= set(range(10))
+        assert data.true_edges == ((name, data.transform_name),)
+        assert spearmanr(data.u[:, 0], data.transform).statistic > 0.9  # f is increasing
+    assert rot.u[:, 0].min() >= 0 and rot.u[:, 0].max() <= 10
+    assert shf.u[:, 0].min() >= -5 and shf.u[:, 0].max() <= 5
+    # each image is its base digit rotated by `transform` degrees (as scipy.ndimage.rotate)
+    for i in range(3):
+        ref = rotate(rot.base_images[int(rot.u[i, 1])], rot.transform[i], reshape=False, order=1)
+        assert np.corrcoef(ref.ravel(), rot.images[i, 0].ravel())[0, 1] > 0.99
+    # ... or shifted down by `transform` pixels: the row centre of mass moves by that much
+    rows = np.arange(28.0)
+    mass = shf.images[:, 0].sum(axis=2)  # [n, 28]
+    base = shf.base_images[shf.u[:, 1].astype(int)].sum(axis=2)  # [n, 28]
+    moved = mass @ rows / mass.sum(1) - base @ rows / base.sum(1)
+    np.testing.assert_allclose(moved, shf.transform, atol=0.3)
+    again = make_shift_digits(n=60, seed=1)
+    np.testing.assert_array_equal(again.images, shf.images)
