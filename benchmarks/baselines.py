@@ -14,11 +14,11 @@ learners are the ones the paper compares against in Table 1 and Figure 2:
 * ``factorvae``: FactorVAE (Kim and Mnih, 2018), TC penalised through a discriminator between
   ``q(z)`` samples and their dimension-wise permutations (density-ratio trick).
 
-All learners share one convolutional encoder/decoder (the synthetic-data widths of the paper's
-Appendix D.3, "16/16/32/32/64/64" down and "64/64/32/32/16/16" up, ReLU between layers, Bernoulli
-cross-entropy reconstruction), the same one CMCL's latent-embedding module uses, so the
-comparison only differs in the objective. The networks are written here with plain torch
-because no maintained library ships these five objectives behind one small API.
+All learners use CMCL's own conv encoder/decoder (``cmcl_core.nets``, the synthetic-data widths
+of the paper's Appendix D.3, "16/16/32/32/64/64" down and mirrored up, ReLU between layers) with
+the same Bernoulli cross-entropy reconstruction, so the comparison differs only in the
+objective. The objectives are written here with plain torch because no maintained library ships
+these five behind one small API.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cmcl_core.config import CMCLConfig
+from cmcl_core.nets import ConvDecoder, ConvEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class BaselineConfig:
         beta: KL weight of beta-VAE and TC weight of beta-TCVAE.
         gamma: TC weight of FactorVAE.
         hidden: width of the iVAE prior / posterior MLPs.
-        enc_channels: encoder channels, one stride-2 pair per two entries (Appendix D.3).
+        base_channels: first conv stage width (CMCL's default, Appendix D.3: 16/32/64).
+        max_channels: cap on the conv widths (CMCL's default).
     """
 
     epochs: int = 30
@@ -58,81 +62,8 @@ class BaselineConfig:
     beta: float = 4.0
     gamma: float = 10.0
     hidden: int = 50
-    enc_channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)
-
-
-def _down_stages(image_size: int, n_pairs: int) -> int:
-    """Number of stride-2 stages that keep the feature map at least 4x4."""
-    stages = 0
-    size = image_size
-    while stages < n_pairs and size % 2 == 0 and size // 2 >= 4:
-        size //= 2
-        stages += 1
-    return stages
-
-
-class ConvEncoder(nn.Module):
-    """Conv encoder: pairs (stride 1, stride 2) of 3x3 convs with ReLU, then a linear head.
-
-    Args:
-        image_size: side of the square input.
-        in_channels: image channels.
-        out_dim: size of the output vector (e.g. 2m for mean and log-variance).
-        channels: channel widths, two per resolution (Appendix D.3).
-    """
-
-    def __init__(self, image_size: int, in_channels: int, out_dim: int, channels: tuple[int, ...]):
-        super().__init__()
-        stages = _down_stages(image_size, len(channels) // 2)
-        layers: list[nn.Module] = []
-        c_in, size = in_channels, image_size
-        for i, c_out in enumerate(channels):
-            stride = 2 if (i % 2 == 1 and i // 2 < stages) else 1
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
-            c_in, size = c_out, size // stride
-        self.conv = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in * size * size, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x).flatten(1)  # [n, C, H, W] -> [n, c * s * s]
-        return self.head(h)  # [n, c * s * s] -> [n, out_dim]
-
-
-class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: linear to a small map, then transposed convs to logits.
-
-    Args:
-        latent_dim: size of the input code.
-        image_size: side of the square output.
-        out_channels: image channels.
-        channels: the encoder's channel widths (used in reverse).
-    """
-
-    def __init__(
-        self, latent_dim: int, image_size: int, out_channels: int, channels: tuple[int, ...]
-    ):
-        super().__init__()
-        rev = tuple(reversed(channels))
-        stages = _down_stages(image_size, len(channels) // 2)
-        self.c0, self.s0 = rev[0], image_size // (2**stages)
-        self.fc = nn.Linear(latent_dim, self.c0 * self.s0 * self.s0)
-        layers: list[nn.Module] = []
-        c_in = rev[0]
-        for i, c_out in enumerate(rev[1:]):
-            if i % 2 == 0 and i // 2 < stages:
-                layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-            else:
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
-            c_in = c_out
-        n_up = sum(isinstance(layer, nn.ConvTranspose2d) for layer in layers)
-        for _ in range(stages - n_up):  # odd channel lists: finish the upsampling
-            layers += [nn.ConvTranspose2d(c_in, c_in, 4, stride=2, padding=1), nn.ReLU()]
-        layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1))
-        self.deconv = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.fc(z)).view(-1, self.c0, self.s0, self.s0)  # [n, m] -> [n, c, s, s]
-        return self.deconv(h)  # [n, c, s, s] -> [n, C, H, W] logits
+    base_channels: int = CMCLConfig.base_channels
+    max_channels: int = CMCLConfig.max_channels
 
 
 def _mlp(d_in: int, d_out: int, hidden: int, n_hidden: int = 2) -> nn.Sequential:
@@ -165,9 +96,10 @@ class _VAENet(nn.Module):
         super().__init__()
         self.kind, self.m = kind, m
         conditional = kind == "ivae"
-        feat = 2 * m if not conditional else cfg.hidden
-        self.encoder = ConvEncoder(image_size, channels_in, feat, cfg.enc_channels)
-        self.decoder = ConvDecoder(m, image_size, channels_in, cfg.enc_channels)
+        hw, widths = (image_size, image_size), (cfg.base_channels, cfg.max_channels)
+        # The iVAE uses the conv encoder's mean head as a feature vector for q(z | x, u).
+        self.encoder = ConvEncoder(channels_in, hw, cfg.hidden if conditional else m, *widths)
+        self.decoder = ConvDecoder(m, channels_in, hw, *widths)
         if conditional:
             # q(z | x, u): image features and u through an MLP (ilkhem/iVAE uses an MLP on [x, u]).
             self.post = _mlp(cfg.hidden + d, 2 * m, cfg.hidden)
@@ -177,10 +109,10 @@ class _VAENet(nn.Module):
             self.disc = _mlp(m, 2, 1000 if m > 20 else 256, n_hidden=3)
 
     def encode(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)  # [n, C, H, W] -> [n, feat]
+        mu, logvar = self.encoder(x)  # [n, C, H, W] -> 2 x [n, m] (iVAE: [n, hidden])
         if self.kind == "ivae":
-            h = self.post(torch.cat([F.relu(h), u], dim=1))  # [n, hidden + d] -> [n, 2m]
-        mu, logvar = h.chunk(2, dim=1)  # [n, 2m] -> 2 x [n, m]
+            h = self.post(torch.cat([F.relu(mu), u], dim=1))  # [n, hidden + d] -> [n, 2m]
+            mu, logvar = h.chunk(2, dim=1)  # [n, 2m] -> 2 x [n, m]
         return mu, logvar.clamp(-10.0, 8.0)
 
 
