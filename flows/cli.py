@@ -87,6 +87,15 @@ def demo(
     run_demo(workdir)
 
 
+@app.command()
+@user_errors
+def ingest(config: ConfigOpt) -> None:
+    """Ingest dicom.source: validate, de-identify, catalog or quarantine every file."""
+    from pipeline.ingest import ingest_command
+
+    ingest_command(config)
+
+
 db_app = typer.Typer(name="db", help="Results database maintenance.", no_args_is_help=True)
 app.add_typer(db_app)
 
