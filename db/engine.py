@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 VERSION_TABLE = "cmcl_alembic_version"  # also in db/migrations/env.py
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 10
+#: alembic's ``context`` is a process-global proxy: one migration at a time per process
+_ALEMBIC_LOCK = threading.Lock()
 _PG_MIGRATION_LOCK = 0x434D434C  # "CMCL": pg_advisory_xact_lock key serialising migrations
 _SQLITE_BEGIN = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
 #: execution option read by the SQLite BEGIN hook; write helpers use IMMEDIATE
@@ -234,7 +237,8 @@ def apply_migrations(engine: sa.Engine) -> str:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            with _ALEMBIC_LOCK:
+                command.upgrade(cfg, "head")
     log.info("results database %s migrated to revision %s", safe_url(engine.url), head)
     return head
 
