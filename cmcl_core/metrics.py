@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -221,7 +223,7 @@ def _equipartition(sorted_values: np.ndarray, k: int) -> np.ndarray:
     The greedy rule closes the current bin (holding ``h`` points) before a tie group of ``s``
     points when ``|h + s - D| >= |h - D|``, i.e. ``h + s / 2 >= D``, where ``D`` is the desired
     size, re-set to ``remaining / bins left`` at every new bin. Since ``h + s / 2`` grows along the
-    groups, each bin's end is one ``searchsorted`` (a loop over bins, not points).
+    groups, each bin's end is one bisection (a loop over bins, not points).
 
     Args:
         sorted_values: ``[n]`` values in non-decreasing order.
@@ -233,17 +235,19 @@ def _equipartition(sorted_values: np.ndarray, k: int) -> np.ndarray:
     n = sorted_values.shape[0]
     starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
     cum = np.r_[starts, n]  # [G + 1] points before each tie group
-    mid = 0.5 * (cum[:-1] + cum[1:])  # [G] points before group g plus half of group g
-    labels = np.empty(n, dtype=np.int64)
+    mid = (0.5 * (cum[:-1] + cum[1:])).tolist()  # [G] points before group g plus half of it
+    cum_list = cum.tolist()
+    n_groups = len(mid)
+    ends = []  # first group of the next bin, per bin
     g0, row = 0, 0
-    while g0 < len(starts):
-        desired = (n - cum[g0]) / (k - row) if k > row else np.inf
+    while g0 < n_groups:  # plain Python: bisect on a list is much cheaper than np.searchsorted
+        desired = (n - cum_list[g0]) / (k - row) if k > row else math.inf
         # first group after g0 that does not fit: cum[g] - cum[g0] + s_g / 2 >= desired
-        g1 = int(np.searchsorted(mid, cum[g0] + desired, side="left"))
-        g1 = min(max(g1, g0 + 1), len(starts))
-        labels[cum[g0] : cum[g1]] = row
+        g1 = bisect.bisect_left(mid, cum_list[g0] + desired, lo=g0 + 1)
+        ends.append(g1)
         g0, row = g1, row + 1
-    return labels
+    sizes = np.diff(np.r_[0, cum[ends]])  # [bins] points per bin
+    return np.repeat(np.arange(len(ends)), sizes)
 
 
 def _superclumps(x_sorted: np.ndarray, q_sorted: np.ndarray, k_hat: int) -> np.ndarray:
