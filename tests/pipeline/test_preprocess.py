@@ -1,0 +1,251 @@
+"""Preprocessing: MONOCHROME1, VOI windowing, rescale, orientation, shape/range, parity."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+import torch.nn.functional as F
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.sequence import Sequence
+
+import pipeline.preprocess as pp
+from pipeline.preprocess import (
+    PreprocessSpec,
+    UnsupportedImageError,
+    decode_modality,
+    preprocess_dataset,
+    preprocess_file,
+)
+from tests.pipeline.dicom_factory import make_dataset, synthetic_pixels, write_dataset
+
+TOP = 4095  # 12-bit stored values
+
+
+def _ds(pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Dataset:
+    ds = make_dataset(modality="CR", pixels=pixels, photometric=photometric, bits_stored=12)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def _reread(ds: Dataset, tmp_path, name: str = "x.dcm") -> tuple[Dataset, object]:
+    path = write_dataset(tmp_path / name, ds)
+    return pydicom.dcmread(path), path
+
+
+@pytest.fixture
+def pixels() -> np.ndarray:
+    return synthetic_pixels(96, 80, bits_stored=12, seed=3)  # [96, 80] uint16
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 200), (40, 30), (64, 64)])
+def test_output_shape_dtype_range(shape):
+    ds = _ds(synthetic_pixels(*shape, seed=1))
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=64))
+    assert out.shape == (1, 64, 64)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.max() - out.min() > 0.5  # a real image, not a constant
+
+
+def test_monochrome1_twin_gives_the_same_array(pixels, tmp_path):
+    spec = PreprocessSpec(image_size=32)
+    mono2 = preprocess_dataset(_ds(pixels), spec)
+    mono1 = preprocess_dataset(_ds((TOP - pixels).astype(np.uint16), "MONOCHROME1"), spec)
+    np.testing.assert_allclose(mono1, mono2, atol=1e-6)
+    assert np.abs(mono2 - (1 - mono2)).max() > 0.5  # inversion is not a no-op here
+    # the MONAI LoadImage path agrees
+    _, p1 = _reread(_ds((TOP - pixels).astype(np.uint16), "MONOCHROME1"), tmp_path, "m1.dcm")
+    np.testing.assert_allclose(preprocess_file(p1, spec), mono2, atol=1e-6)
+
+
+def test_monochrome1_twin_with_window(pixels):
+    spec = PreprocessSpec(image_size=32)
+    # LINEAR (PS3.3 C.11.2.1.2) spans [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2]; mirrored by
+    # x -> 4095 - x that is the window of centre 4096 - c.
+    mono2 = preprocess_dataset(_ds(pixels, WindowCenter=1500, WindowWidth=1200), spec)
+    twin = _ds((TOP - pixels).astype(np.uint16), "MONOCHROME1", WindowCenter=4096 - 1500)
+    twin.WindowWidth = 1200
+    np.testing.assert_allclose(preprocess_dataset(twin, spec), mono2, atol=1e-6)
+    assert (mono2 == 0).any() and (mono2 == 1).any()  # the window clipped both ends
+
+
+def _reference(ds: Dataset, index: int = 0) -> np.ndarray:
+    """pydicom's own modality LUT + windowing, normalised to [0, 1] by its output range."""
+    raw = ds.pixel_array
+    y = apply_windowing(apply_modality_lut(raw, ds), ds, index=index)
+    slope, icpt = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+    lo, hi = 0 * slope + icpt, TOP * slope + icpt
+    return ((y - lo) / (hi - lo)).astype(np.float32)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_window_matches_pydicom(pixels, function):
+    ds = _ds(pixels, WindowCenter=1800, WindowWidth=900, VOILUTFunction=function)
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=96, keep_aspect=False))
+    ref = _reference(ds)  # [96, 80]; resize to 96x96 bilinear as the spec asks
+    ref = F.interpolate(torch.from_numpy(ref)[None, None], size=(96, 96), mode="bilinear")
+    np.testing.assert_allclose(out[0], ref[0, 0].numpy(), atol=2e-6)
+
+
+def test_multi_valued_window_uses_the_first(pixels):
+    ds = _ds(pixels)
+    ds.WindowCenter, ds.WindowWidth = [1200, 3000], [800, 400]
+    square = pixels[:80, :80]
+    ds = _ds(square)
+    ds.WindowCenter, ds.WindowWidth = [1200, 3000], [800, 400]
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=80))
+    np.testing.assert_allclose(out[0], _reference(ds, index=0), atol=1e-6)
+    assert np.abs(out[0] - _reference(ds, index=1)).max() > 0.1
+
+
+def test_rescale_applied_exactly_once(pixels):
+    square = pixels[:80, :80]
+    # window given in rescaled units; applying slope/intercept twice would miss it entirely
+    ds = _ds(square, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=2000, WindowWidth=1500)
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=80))
+    np.testing.assert_allclose(out[0], _reference(ds), atol=1e-6)
+    modality = decode_modality(ds)
+    np.testing.assert_array_equal(modality, square.astype(np.float32) * 2 - 1024)
+
+
+def test_voi_lut_sequence(pixels):
+    square = pixels[:80, :80]
+    ds = _ds(square, WindowCenter=100, WindowWidth=10)  # the LUT takes precedence
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: entries, first, bits
+    lut = np.sqrt(np.arange(4096) / 4095) * 4095
+    item.add_new(0x00283006, "US", [int(v) for v in lut])  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=80))
+    ref = apply_voi(square, ds).astype(np.float32) / TOP
+    np.testing.assert_allclose(out[0], ref, atol=1e-6)
+
+
+def test_no_window_uses_robust_percentiles(pixels):
+    hot = pixels.copy()
+    hot[0, 0] = TOP  # one outlier pixel must not set the scale
+    out = preprocess_dataset(_ds(hot), PreprocessSpec(image_size=96, keep_aspect=False))
+    assert out.max() == pytest.approx(1.0) and out.min() == pytest.approx(0.0)
+    assert np.mean(out) > 0.2  # not squashed towards 0 by the outlier
+
+
+def test_orientation_of_a_non_square_image(tmp_path):
+    arr = np.full((256, 200), 500, dtype=np.uint16)  # rows x columns
+    arr[:64, 150:] = TOP  # bright block at the top right (a transpose puts it bottom left)
+    ds = _ds(arr, WindowCenter=2048, WindowWidth=4096)  # full range: background ~0.12
+    np.testing.assert_array_equal(decode_modality(ds), arr.astype(np.float32))  # not transposed
+    spec = PreprocessSpec(image_size=64)
+    for out in (preprocess_dataset(ds, spec), preprocess_file(_reread(ds, tmp_path)[1], spec)):
+        # 256 x 200 -> 64 x 50, padded with 7 black columns at the left and 7 at the right
+        assert (out[0, :, :7] == 0).all() and (out[0, :, 57:] == 0).all()
+        content = out[0, :, 7:57]  # [64, 50]
+        assert (content > 0.1).all()
+        assert content[:16, 38:].min() > 0.99  # top right: the bright block
+        assert content[16:, :].max() < 0.2 and content[:, :37].max() < 0.2
+
+
+def test_stretch_without_keep_aspect():
+    arr = np.zeros((256, 200), dtype=np.uint16)
+    arr[:, :100] = TOP
+    out = preprocess_dataset(_ds(arr), PreprocessSpec(image_size=64, keep_aspect=False))
+    assert (out[0, :, :32] > 0.99).all() and (out[0, :, 32:] < 0.01).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, spec",
+    [
+        ({"rows": 256, "columns": 200}, PreprocessSpec(image_size=64)),
+        ({"rows": 40, "columns": 30}, PreprocessSpec(image_size=64)),
+        ({"rows": 70, "columns": 90}, PreprocessSpec(image_size=32, keep_aspect=False)),
+        ({"rows": 64, "columns": 48, "photometric": "MONOCHROME1"}, PreprocessSpec(32)),
+        ({"rows": 32, "columns": 32, "frames": 3, "modality": "MR"}, PreprocessSpec(16)),
+        ({"rows": 32, "columns": 32, "frames": 3, "modality": "DX"}, PreprocessSpec(16)),
+    ],
+)
+def test_fast_path_equals_monai_pipeline(tmp_path, kwargs, spec):
+    ds = make_dataset(**kwargs)
+    ds.WindowCenter, ds.WindowWidth = 1400, 2000
+    read, path = _reread(ds, tmp_path)
+    np.testing.assert_allclose(
+        preprocess_dataset(read, spec), preprocess_file(path, spec), rtol=0, atol=1e-6
+    )
+
+
+def test_multi_frame(tmp_path):
+    frames = synthetic_pixels(32, 32, frames=3, seed=5)  # [3, 32, 32]
+    spec = PreprocessSpec(image_size=32, mri_reduction="middle")
+    dx = make_dataset(modality="DX", pixels=frames)
+    np.testing.assert_array_equal(
+        preprocess_dataset(dx, spec), preprocess_dataset(make_dataset(pixels=frames[0]), spec)
+    )
+    mr = make_dataset(modality="MR", pixels=frames)
+    one = make_dataset(modality="MR", pixels=frames[1])
+    np.testing.assert_array_equal(preprocess_dataset(mr, spec), preprocess_dataset(one, spec))
+    mip = make_dataset(modality="MR", pixels=frames.max(axis=0))
+    spec_mip = dataclasses.replace(spec, mri_reduction="mip")
+    np.testing.assert_array_equal(preprocess_dataset(mr, spec_mip), preprocess_dataset(mip, spec))
+
+
+def test_colour_and_missing_pixels_are_refused():
+    with pytest.raises(UnsupportedImageError) as err:
+        preprocess_dataset(make_dataset(photometric="RGB"), PreprocessSpec())
+    assert err.value.reason == "unsupported_photometric"
+    ds = make_dataset()
+    del ds.PixelData
+    with pytest.raises(UnsupportedImageError) as err:
+        preprocess_dataset(ds, PreprocessSpec())
+    assert err.value.reason == "no_pixel_data"
+
+
+def test_constant_image_and_cached_pixels_untouched():
+    ds = _ds(np.full((32, 32), 700, dtype=np.uint16))
+    before = ds.pixel_array.copy()
+    out = preprocess_dataset(ds, PreprocessSpec(image_size=16))
+    assert (out == 0).all()
+    np.testing.assert_array_equal(ds.pixel_array, before)
+    float_ds = _ds(synthetic_pixels(32, 32), RescaleSlope=0.5, RescaleIntercept=3)
+    cached = float_ds.pixel_array.copy()
+    preprocess_dataset(float_ds, PreprocessSpec(image_size=16))
+    np.testing.assert_array_equal(float_ds.pixel_array, cached)
+
+
+def test_fingerprint_tracks_every_field_and_the_version(monkeypatch):
+    base = PreprocessSpec()
+    assert base.fingerprint() == PreprocessSpec().fingerprint()
+    changed = [
+        dataclasses.replace(base, image_size=32),
+        dataclasses.replace(base, mri_reduction="mip"),
+        dataclasses.replace(base, keep_aspect=False),
+        dataclasses.replace(base, percentiles=(1.0, 99.0)),
+        dataclasses.replace(base, apply_voi=False),
+    ]
+    assert {f.name for f in dataclasses.fields(PreprocessSpec)} == {
+        "image_size",
+        "mri_reduction",
+        "keep_aspect",
+        "percentiles",
+        "apply_voi",
+    }  # a new field must be added to the list above
+    prints = {s.fingerprint() for s in changed} | {base.fingerprint()}
+    assert len(prints) == len(changed) + 1
+    before = base.fingerprint()
+    monkeypatch.setattr(pp, "PREPROCESS_VERSION", pp.PREPROCESS_VERSION + "-next")
+    assert PreprocessSpec().fingerprint() != before
+
+
+def test_spec_validation_and_config():
+    with pytest.raises(ValueError, match="mri_reduction"):
+        PreprocessSpec(mri_reduction="mean")
+    with pytest.raises(ValueError, match="percentiles"):
+        PreprocessSpec(percentiles=(50.0, 10.0))
+    from pipeline.config import DicomConfig
+
+    spec = PreprocessSpec.from_config(DicomConfig(source=".", image_size=32, mri_reduction="mip"))
+    assert (spec.image_size, spec.mri_reduction) == (32, "mip")
