@@ -317,16 +317,36 @@ def _insert_latents(
     conn: sa.Connection, run_id: int, latents: Iterable[LatentRow], m: int | None, scored: bool
 ) -> tuple[int, int | None]:
     """Insert latents in executemany batches (plain INSERT); returns (rows, m)."""
-    stmt = sa.insert(Latent.__table__)
     n = 0
     for batch in _chunks(latents, LATENT_CHUNK):
         data, m = _latent_dicts(batch, run_id, n, m, scored)
         if conn.dialect.name == "postgresql":
             _copy_latents_pg(conn, data)
+        elif conn.dialect.name == "sqlite":
+            _insert_latents_sqlite(conn, data)
         else:
-            conn.execute(stmt, data)
+            conn.execute(sa.insert(Latent.__table__), data)
         n += len(data)
     return n, m
+
+
+_INSERT_LATENTS = (
+    "INSERT INTO cmcl_latents (run_id, image_key, patient_key, z, scored) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _insert_latents_sqlite(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+    """executemany straight to sqlite3 with z pre-encoded as JSON text.
+
+    Skips SQLAlchemy's per-row bind processing (about half the CPU time for 100k rows);
+    ``repr`` of a finite float is valid JSON and parses back to the same double. The
+    statement still runs on the SQLAlchemy connection, so errors hide their parameters.
+    """
+    rows = []
+    for d in data:
+        z = f"[{','.join(map(repr, d['z']))}]"
+        rows.append((d["run_id"], d["image_key"], d["patient_key"], z, int(d["scored"])))
+    conn.exec_driver_sql(_INSERT_LATENTS, rows)
 
 
 _COPY_LATENTS = "COPY cmcl_latents (run_id, image_key, patient_key, z, scored) FROM STDIN"
