@@ -280,3 +280,44 @@ def test_regenerates_its_own_folder_and_explicit_graph(tmp_path):
     assert info.u_names == ("a", "b") and info.u_types == ("continuous", "continuous")
     assert len(_files(info.dicom_dir)) == info.expected["files_total"]
     assert info.expected["files_quarantined"] == 0
+
+
+@pytest.mark.slow
+def test_ingest_and_join_report_what_truth_promises(tmp_path):
+    """The real ingest on a generated cohort: counts per reason, training units, the join, and
+    preprocessed arrays equal to the simulated images (MONOCHROME1, 2x files and MR series)."""
+    from pipeline.cache import PreprocessCache
+    from pipeline.deid import series_key
+    from pipeline.ingest import cache_dir_for, ingest
+
+    info = make_synthetic_cohort(tmp_path / "c", **{**PARAMS, "workers": None})
+    exp = info.expected
+    cfg = load_config(info.config_path)
+    result = ingest(cfg, key=KEY)
+    assert result.found == exp["files_total"]
+    assert result.catalogued == exp["files_catalogued"]
+    assert result.quarantined == exp["quarantined_by_reason"]
+    assert len(result.images) == exp["images_in"]
+    joined = join_cohort(result.images, load_clinical(cfg.clinical, key=KEY))
+    for name, value in vars(joined.counts).items():
+        assert value == exp[name], name
+
+    truth = json.loads(info.truth_path.read_text())
+    sim = simulate(
+        truth["d"], truth["m"], truth["n_edges"], n=60, image_size=64, n_binary=1, seed=3
+    )
+    lat = np.load(info.out_dir / "truth_latents.npz")
+    row_of = {image_key(KEY, str(s)): i for i, s in enumerate(lat["sop_instance_uid"])}
+    row_of.update({series_key(KEY, str(s)): i for i, s in enumerate(lat["series_instance_uid"])})
+    cache = PreprocessCache(cache_dir_for(cfg))
+    checked = 0
+    for img in result.images:
+        row = row_of.get(img.image_key, row_of.get(img.series_key or ""))
+        assert row is not None
+        if lat["follow_up"][row]:
+            continue
+        arr = cache.get(img.cache_key)  # [1, 64, 64]
+        expected = sim.images[int(lat["sample"][row])]  # [1, 64, 64]
+        assert np.abs(arr - expected).max() <= 1e-3, img.modality
+        checked += 1
+    assert checked == exp["images_in"] - int(lat["follow_up"].sum())
