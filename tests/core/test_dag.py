@@ -1,0 +1,209 @@
+"""Tests of cmcl_core.dag / cmcl_core.acyclicity: h(W), the MLP pieces, thresholding, learn_dag."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from cmcl_core.acyclicity import find_cycle, is_dag
+from cmcl_core.dag import (
+    DagConfig,
+    NotearsMLP,
+    bipartite_mask,
+    h_expm,
+    h_logdet,
+    learn_dag,
+    threshold_dag,
+)
+
+H_FUNCS = [h_expm, h_logdet]
+
+
+def _dag_matrix(d: int, rng: np.random.Generator) -> np.ndarray:
+    """Strictly upper-triangular weights under a random permutation: always a DAG."""
+    W = np.triu(rng.uniform(0.1, 0.5, (d, d)), 1) * (rng.random((d, d)) < 0.5)
+    perm = rng.permutation(d)
+    return W[np.ix_(perm, perm)]
+
+
+# ---------------------------------------------------------------- acyclicity functions
+
+
+@pytest.mark.parametrize("h", H_FUNCS, ids=lambda f: f.__name__)
+def test_h_is_zero_on_dag_and_positive_on_cycle(h):
+    rng = np.random.default_rng(0)
+    W = torch.as_tensor(_dag_matrix(6, rng))
+    assert is_dag(W.numpy())
+    assert abs(float(h(W))) < 1e-10
+    W_cyc = W.clone()
+    W_cyc[1, 0], W_cyc[0, 1] = 0.5, 0.5  # a 2-cycle 0 <-> 1
+    assert float(h(W_cyc)) > 1e-3
+    W_self = torch.zeros(3, 3, dtype=torch.float64)
+    W_self[2, 2] = 0.4  # a self-loop is a cycle too
+    assert float(h(W_self)) > 1e-3
+
+
+@pytest.mark.parametrize("h", H_FUNCS, ids=lambda f: f.__name__)
+def test_h_gradient_matches_finite_differences(h):
+    gen = torch.Generator().manual_seed(1)
+    W = (0.3 * torch.rand(5, 5, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(h, (W,), eps=1e-6, atol=1e-6)
+
+
+def test_h_expm_matches_scipy_expm():
+    from scipy.linalg import expm
+
+    W = np.random.default_rng(2).uniform(-0.6, 0.6, (7, 7))
+    expected = np.trace(expm(W * W)) - 7
+    assert float(h_expm(torch.as_tensor(W))) == pytest.approx(expected, rel=1e-10)
+
+
+def test_h_logdet_outside_domain_is_not_finite_or_negative():
+    W = torch.full((3, 3), 1.0, dtype=torch.float64)  # spectral radius of W o W is 3 > s = 1
+    value = float(h_logdet(W, s=1.0))
+    assert not np.isfinite(value) or value < 0
+
+
+# ---------------------------------------------------------------- thresholding and masks
+
+
+def test_threshold_dag_breaks_cycles_at_weakest_edge(caplog):
+    W = np.zeros((3, 3))
+    W[0, 1], W[1, 2], W[2, 0] = 0.9, 0.8, 0.5  # cycle 0 -> 1 -> 2 -> 0, weakest 2 -> 0
+    W[0, 2] = 0.1  # below the threshold
+    with caplog.at_level(logging.INFO, logger="cmcl_core.acyclicity"):
+        out = threshold_dag(W, 0.3)
+    assert is_dag(out)
+    assert out[2, 0] == 0 and out[0, 1] == 0.9 and out[1, 2] == 0.8 and out[0, 2] == 0
+    assert any("2 -> 0" in r.getMessage() for r in caplog.records)
+    assert W[2, 0] == 0.5  # the input is not modified
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_threshold_dag_of_random_dense_matrix_is_a_dag(seed):
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(2, 15))
+    W = rng.normal(size=(d, d))
+    out = threshold_dag(W, float(rng.uniform(0, 1)))
+    assert is_dag(out)
+    assert np.all(np.diag(out) == 0)
+    kept = out != 0
+    assert np.all(out[kept] == W[kept])  # surviving edges keep their weights
+
+
+def test_threshold_dag_hypothesis():
+    hyp = pytest.importorskip("hypothesis")
+    from hypothesis.extra.numpy import arrays
+
+    st = hyp.strategies
+
+    @hyp.given(
+        arrays(np.float64, st.tuples(st.integers(1, 8), st.just(8)), elements=st.floats(-2, 2)),
+        st.floats(0, 1.5),
+    )
+    @hyp.settings(max_examples=60, deadline=None)
+    def check(block, thr):
+        d = block.shape[0]
+        out = threshold_dag(block[:, :d], thr)
+        assert find_cycle(out) is None
+        assert np.all(np.abs(out[out != 0]) >= thr)
+
+    check()
+
+
+def test_threshold_dag_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        threshold_dag(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        threshold_dag(np.full((2, 2), np.nan))
+
+
+def test_bipartite_mask():
+    M = bipartite_mask(2, 3)
+    assert M.shape == (5, 5) and M.dtype == bool
+    assert not M[:2, :2].any() and not M[2:, 2:].any()
+    assert M[:2, 2:].all() and M[2:, :2].all()
+
+
+# ---------------------------------------------------------------- the MLP pieces
+
+
+def test_notears_mlp_shapes_mask_and_penalties():
+    types = ["continuous", "binary", "categorical", "continuous"]
+    allowed = np.ones((4, 4), dtype=bool)
+    allowed[0, 3] = False
+    torch.manual_seed(0)
+    model = NotearsMLP(types, hidden=(6, 5), allowed=allowed, n_levels=[1, 2, 3, 1]).double()
+    n = 50
+    X = torch.randn(n, 4, dtype=torch.float64)
+    X[:, 1] = (X[:, 1] > 0).double()
+    X[:, 2] = torch.randint(0, 3, (n,)).double()
+    pred = model(X)
+    assert pred.shape == (n, 1 + 1 + 3 + 1)
+    W = model.adjacency()
+    assert W.shape == (4, 4)
+    assert torch.all(torch.diagonal(W) == 0) and W[0, 3] == 0 and W[1, 2] > 0
+    loss = model.loss(X, pred)
+    assert torch.isfinite(loss) and loss > 0
+    assert torch.allclose(loss, model.loss(X))
+    total = loss + model.l1_penalty() + model.l2_penalty() + model.acyclicity("expm")
+    total.backward()
+    g = model.fc1.weight.grad.view(4, 6, -1)  # [j, h1, D_in]; D_in columns: 0 | 1 | 2,3,4 | 5
+    assert torch.all(g[3, :, 0] == 0)  # 0 -> 3 forbidden
+    assert torch.all(g[2, :, 2:5] == 0)  # no self-loop on the categorical one-hot group
+    assert torch.all(g[0, :, 0] == 0)
+    assert g[3, :, 1].abs().sum() > 0
+    assert W.requires_grad
+
+
+def test_notears_mlp_output_of_j_ignores_input_j():
+    torch.manual_seed(0)
+    model = NotearsMLP(["continuous"] * 3, hidden=(4, 4, 4)).double()
+    X = torch.randn(10, 3, dtype=torch.float64)
+    X2 = X.clone()
+    X2[:, 1] += 5.0
+    out1, out2 = model(X), model(X2)
+    assert torch.allclose(out1[:, 1], out2[:, 1])
+    assert not torch.allclose(out1[:, 0], out2[:, 0])
+
+
+def test_notears_mlp_binary_loss_is_bce():
+    model = NotearsMLP(["binary", "continuous"], hidden=(3,)).double()
+    X = torch.tensor([[0.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    pred = torch.tensor([[0.3, 0.5], [-0.2, -0.5]], dtype=torch.float64)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred[:, 0], X[:, 0])
+    mse = 0.5 * ((pred[:, 1] - X[:, 1]) ** 2).mean()
+    assert float(model.loss(X, pred)) == pytest.approx(float(bce + mse))
+
+
+# ---------------------------------------------------------------- learn_dag validation
+
+
+@pytest.mark.parametrize(
+    ("X", "types", "match"),
+    [
+        (np.array([[1.0, np.nan], [2.0, 3.0], [0.0, 1.0]]), None, "NaN"),
+        (np.zeros(5), None, "2-D"),
+        (np.random.default_rng(0).normal(size=(5, 2)), ["continuous"], "one type per column"),
+        (np.random.default_rng(0).normal(size=(5, 2)), ["continuous", "ordinal"], "unknown"),
+        (np.array([[0.0, 1.0], [2.0, 2.0], [1.0, 3.0]]), ["binary", "continuous"], "0/1"),
+        (np.array([[0.5, 1.0], [2.0, 2.0], [1.0, 3.0]]), ["categorical", "continuous"], "codes"),
+        (np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]), None, "constant"),
+    ],
+)
+def test_learn_dag_validates_inputs(X, types, match):
+    with pytest.raises(ValueError, match=match):
+        learn_dag(X, types)
+
+
+def test_learn_dag_rejects_unknown_hyperparameter_and_bad_mask():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="lambda_one"):
+        learn_dag(X, lambda_one=0.1)
+    with pytest.raises(ValueError, match="allowed"):
+        learn_dag(X, allowed=np.ones((2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="acyclicity"):
+        DagConfig(acyclicity="spectral")
