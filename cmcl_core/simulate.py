@@ -10,11 +10,13 @@ The pipeline of Appendix E.1:
    standard Gaussian), ``f_i`` a random MLP as in NOTEARS' ``simulate_nonlinear_sem(..., "mlp")``
    (one hidden layer of 100 sigmoid units, weights uniform in +-[0.5, 2]; smooth, so three times
    differentiable as Assumption 2.3 asks). Binary ``u`` use a logistic link,
-   ``u ~ Bernoulli(sigmoid(f(Pa)))``; a binary root is ``Bernoulli(0.5)``.
+   ``u ~ Bernoulli(sigmoid(f(Pa)))``; a binary root is ``Bernoulli(0.5)``. An MLP draw with
+   ``std(f) < min_signal_std`` (default 1, the noise level; about a quarter of NOTEARS' draws)
+   is redrawn so that every true edge is detectable.
 3. Images ``x = g(z) + e``: each standardised ``z_j`` goes through its own random smooth
    *monotone* warp (the integral of ``exp`` of a Gaussian-process draw with an RBF kernel, so
-   ``g`` stays injective as Assumption 2.1 requires), gets small Gaussian noise, and is written
-   into its own random cell of a ``5 x 5`` matrix (``ceil(sqrt(m))`` squared when ``m > 25``;
+   ``g`` stays injective as Assumption 1, Eq. 1 requires), gets small Gaussian noise, and goes
+   to its own random cell of a ``5 x 5`` matrix (``ceil(sqrt(m))`` squared when ``m > 25``;
    the other cells hold a fixed random background). A fixed sigmoid maps the cells to (0, 1),
    bilinear interpolation up-samples the matrix to ``image_size x image_size``, and pixel noise
    is added (clipped to [0, 1]).
@@ -140,8 +142,8 @@ def _monotone_gp_warps(
 
     For column ``j``, ``h_j(t) = int_0^t exp(amplitude * g_j(r)) dr`` with ``g_j`` a draw of a
     zero-mean GP with kernel ``exp(-(r - r')^2 / (2 length_scale^2))`` (by random Fourier
-    features) on a grid over [-5, 5];
-    evaluated by linear interpolation, and continued linearly (with the end slopes) outside.
+    features) on a grid over [-5, 5]; evaluated by linear interpolation, and continued linearly
+    (with the end slopes) outside the grid, so every ``h_j`` is strictly increasing.
     """
     n_lat = s.shape[1]
     grid = np.linspace(-_GP_RANGE, _GP_RANGE, _GP_GRID)  # [G]
@@ -251,7 +253,8 @@ def simulate(
         else:
             X[:, j] = f + rng.standard_normal(n)  # additive N(0, 1) noise
     u, z = X[:, :d].copy(), X[:, d:].copy()
-    # (3) images from z: monotone GP warp + noise, random cells, sigmoid, bilinear up-sampling
+    # (3) images from z (standardised with this sample's mean and std): monotone GP warp + noise,
+    # random cells, sigmoid, bilinear up-sampling
     grid_size = 5 if m <= 25 else math.ceil(math.sqrt(m))
     if m > 25:
         logger.info("simulate: m = %d > 25 latents, using a %d-cell square matrix", m, grid_size**2)
