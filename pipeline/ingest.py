@@ -243,17 +243,30 @@ def _preprocess_series(paths: Sequence[str], cache_key: str) -> tuple[Reason, st
 
 
 def discover(source: Path) -> Iterator[tuple[Path, str]]:
-    """Files under ``source``, recursively, in sorted order, as (path, '/'-relative path).
+    """Files under ``source``, recursively, sorted by relative path, as (path, '/'-relpath).
 
     Hidden files and folders (name starting with ".") are skipped; symlinked folders are
-    not followed (no cycles).
+    not followed (no cycles); a folder that cannot be listed is skipped with a warning that
+    does not name it (folder names may embed patient names).
     """
-    for root, dirs, files in os.walk(source, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                path = Path(root) / name
-                yield path, path.relative_to(source).as_posix()
+    yield from _walk(Path(source), "")
+
+
+def _walk(folder: Path, prefix: str) -> Iterator[tuple[Path, str]]:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        logger.warning("a folder under dicom.source could not be listed (%s)", type(exc).__name__)
+        return
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        rel = prefix + e.name
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk(Path(e.path), rel + "/")
+        elif e.is_file():
+            yield Path(e.path), rel
 
 
 def cache_dir_for(cfg: Config) -> Path:
@@ -445,8 +458,10 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     catalog = _load_catalog(engine)
     owner = {e.image_key: fk for fk, e in catalog.items()}
     bad = _load_quarantine(engine)
-    files = [str(p) for p, _ in discover(source)]  # paths only: small, needed for MR series
-    fkeys = [deid.file_key(key, Path(p).relative_to(source).as_posix()) for p in files]
+    files, fkeys = [], []  # paths and keys only: small; the MR series pass needs the paths
+    for path, rel in discover(source):
+        files.append(str(path))
+        fkeys.append(deid.file_key(key, rel))
     found = set(fkeys)
     total = len(files)
 
