@@ -89,6 +89,26 @@ def demo(
 
 @app.command()
 @user_errors
+def synthetic(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the cohort (new, empty or our own).")
+    ] = Path("cmcl-synthetic"),
+    n_patients: Annotated[int, typer.Option(help="Simulated patients.")] = 500,
+    setting: Annotated[str, typer.Option(help="Paper graph edges/nodes, e.g. 4/10.")] = "4/10",
+    seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces every byte.")] = 0,
+    mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,
+) -> None:
+    """Write a synthetic DICOM cohort + clinical SQLite database with a known causal graph."""
+    from pipeline.synthetic import make_synthetic_cohort
+
+    info = make_synthetic_cohort(
+        out, n_patients=n_patients, setting=setting, seed=seed, mr_patients=mr_patients
+    )
+    typer.echo(info.describe())
+
+
+@app.command()
+@user_errors
 def ingest(config: ConfigOpt) -> None:
     """Ingest dicom.source: validate, de-identify, catalog or quarantine every file."""
     from pipeline.ingest import ingest_command

@@ -116,6 +116,27 @@ class CohortInfo:
     true_edges: tuple[tuple[str, str], ...]
     expected: dict[str, Any]
 
+    def describe(self) -> str:
+        """A short human-readable summary (paths, true edges, expected counts) for the CLI."""
+        e = self.expected
+        broken = ", ".join(f"{k} {v}" for k, v in e["quarantined_by_reason"].items()) or "none"
+        return "\n".join(
+            [
+                f"synthetic cohort in {self.out_dir}",
+                f"  DICOM files: {e['files_total']} in {self.dicom_dir} "
+                f"({e['files_quarantined']} broken: {broken}; "
+                f"{e['monochrome1_files']} MONOCHROME1, {e['other_size_files']} of another size, "
+                f"{e['mr_series']} MR series)",
+                f"  clinical database: {self.clinical_db} ({e['clinical_rows']} rows)",
+                f"  true edges: {', '.join(f'{a} -> {b}' for a, b in self.true_edges) or 'none'}",
+                f"  expected join: {e['images_joined']} images of {e['patients']} patients; "
+                f"{e['images_without_record']} images without a record, "
+                f"{e['records_without_image']} records without an image, "
+                f"{e['records_excluded_missing']} records with a missing value",
+                f"  config: {self.config_path}   ground truth: {self.truth_path}",
+            ]
+        )
+
 
 @dataclass(frozen=True)
 class _File:

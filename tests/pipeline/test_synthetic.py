@@ -321,3 +321,16 @@ def test_ingest_and_join_report_what_truth_promises(tmp_path):
         assert np.abs(arr - expected).max() <= 1e-3, img.modality
         checked += 1
     assert checked == exp["images_in"] - int(lat["follow_up"].sum())
+
+
+def test_cli_synthetic_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["synthetic", "--out", str(tmp_path / "s"), "--n-patients", "20"])
+    assert ok.exit_code == 0, ok.output
+    assert "true edges:" in ok.output and (tmp_path / "s" / "truth.json").is_file()
+    bad = runner.invoke(app, ["synthetic", "--out", str(tmp_path / "t"), "--n-patients", "3"])
+    assert bad.exit_code == 2 and "too small" in bad.output
