@@ -136,7 +136,8 @@ def main() -> None:
     else:
         print("PostgreSQL skipped: pass --pg-url or set CMCL_TEST_POSTGRES_URL")
 
-    print(f"\nlatent rows, m = {args.m}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nlatent rows, m = {args.m}; {os.cpu_count()} CPUs, load average {load}")
     print("wall = elapsed seconds; cpu = this process's CPU seconds (excludes the PG server)")
     print(f"{'backend':<11} {'method':<20} {'rows':>7} {'wall s':>7} {'cpu s':>7} {'rows/s':>8}")
     for backend, method, n, (wall, cpu) in results:

@@ -12,6 +12,7 @@ hidden), what failed and the fix.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -208,6 +209,7 @@ def _alembic_config() -> AlembicConfig:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
     """The newest migration revision shipped with this code."""
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()

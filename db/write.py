@@ -43,6 +43,8 @@ T = TypeVar("T")
 #: executemany binds one row per statement, so SQLite's 32766-parameter cap never applies)
 CHUNK = 2000
 LATENT_CHUNK = 10000
+#: an IN (...) list binds one parameter per key; SQLite builds since 3.32 allow 32766
+MAX_IN_LIST = 30000
 _FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CRASHED)
 _MAX_ERROR = 4000
 
@@ -94,7 +96,7 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
     Args:
         engine: results engine from ``open_results``.
         rows: the accepted images (streamed in chunks).
-        chunk_size: rows per executemany batch.
+        chunk_size: rows per executemany batch (at most MAX_IN_LIST, for SQLite's bind limit).
 
     Returns:
         The number of rows written (inserted or updated).
@@ -102,7 +104,7 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
     with _write(engine, "update the image catalog") as conn:
-        for batch in _chunks(rows, chunk_size):
+        for batch in _chunks(rows, min(chunk_size, MAX_IN_LIST)):
             now = utcnow()
             data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
             file_keys = [d["file_key"] for d in data]
@@ -133,7 +135,7 @@ def upsert_quarantine(
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
     with _write(engine, "update the quarantine") as conn:
-        for batch in _chunks(rows, chunk_size):
+        for batch in _chunks(rows, min(chunk_size, MAX_IN_LIST)):
             now = utcnow()
             data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
             conn.execute(
