@@ -301,17 +301,21 @@ def _optimize_x_axis(
     """
     n = q_sorted.shape[0]
     k = int(clump[-1]) + 1
-    counts = np.zeros((k, n_rows), dtype=np.int64)
+    counts = np.zeros((k, n_rows), dtype=np.intp)
     np.add.at(counts, (clump, q_sorted), 1)  # [k, q]
     p_rows = counts.sum(axis=0) / n
     p_rows = p_rows[p_rows > 0]
     h_q = float(-(p_rows * np.log(p_rows)).sum())
     xlogx = xlogy(np.arange(n + 1), np.arange(n + 1))  # [n + 1] lookup table of v log v
-    cum = np.vstack([np.zeros((1, n_rows), dtype=np.int64), np.cumsum(counts, axis=0)])
-    block = np.maximum(cum[None, :, :] - cum[:, None, :], 0)  # [k+1, k+1, q] clumps s..t-1
-    # n_col H(Q | col) = n_col log n_col - sum_r n_rc log n_rc for the column of clumps s..t-1
-    cost = xlogx[block.sum(axis=2)] - xlogx[block].sum(axis=2)  # [k+1, k+1]
-    cost[np.tril_indices(k + 1, k=-1)] = np.inf  # s > t is not a column
+    cum = np.vstack([np.zeros((1, n_rows), dtype=np.intp), np.cumsum(counts, axis=0)])  # [k+1, q]
+    # cost[s, t] = n_col H(Q | col) for the column of clumps s..t-1
+    #            = n_col log n_col - sum_r n_rc log n_rc, from differences of cumulative counts
+    tot = cum.sum(axis=1)  # [k+1]
+    cost = np.take(xlogx, np.abs(tot[None, :] - tot[:, None]))  # [k+1, k+1]
+    for r in range(n_rows):  # q <= B / 2 rows; each step is one [k+1, k+1] table look-up
+        cost -= np.take(xlogx, np.abs(cum[None, :, r] - cum[:, None, r]))
+    steps = np.arange(k + 1)
+    cost[steps[:, None] > steps[None, :]] = np.inf  # s > t is not a column
     g = cost[0].copy()  # [k+1]: best with 1 column over the first t clumps
     best = np.empty(x_max - 1)
     for ell in range(2, x_max + 1):
