@@ -260,3 +260,14 @@ def test_config_passwords_are_masked(engine):
     stored = read.get_run(engine, run_id)["config"]
     assert "hunter2" not in str(stored)
     assert stored["clinical"]["url"] == "postgresql://reader:***@db/clinic"
+
+
+def test_z_round_trips_exactly_through_both_write_paths(engine):
+    """Bulk path (write_run_results) and upsert path (write_latents) store the same doubles."""
+    hard = [0.1 + 0.2, -0.0, 5e-324, 1e-300, 1.7976931348623157e308, -123456.789e-7, 1 / 3]
+    run_id = write.start_run(engine, config={}, code_version="t")
+    write.write_run_results(engine, run_id, edges=[], latents=[LatentRow("a", "p", hard)])
+    write.write_latents(engine, run_id, [LatentRow("b", "p", list(reversed(hard)))])
+    back = {r["image_key"]: r["z"] for r in read.read_latents(engine, run_id)}
+    assert back["a"] == hard and back["b"] == list(reversed(hard))
+    assert all(type(v) is float for v in back["a"])
