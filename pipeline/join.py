@@ -156,6 +156,13 @@ def join_cohort(images: Sequence[CatalogImageLike], clinical: ClinicalTable) -> 
         counts.images_record_excluded,
         counts.records_without_image,
     )
+    if joined and counts.images_without_record > counts.images_joined:
+        logger.warning(
+            "join: most images (%d of %d) have no clinical record; check that clinical.id_column "
+            "holds the DICOM PatientID in the same format (e.g. leading zeros)",
+            counts.images_without_record,
+            counts.images_in,
+        )
     if not joined:
         raise DataError(
             f"no image joins a clinical record ({counts.images_in} catalogued images, "

@@ -304,7 +304,7 @@ def make_synthetic_cohort(
                 "relpath": f"mr_series_{s:03d}",
                 "patient": i,
                 "follow_up": False,
-                "sop": series[0].header["SOPInstanceUID"],
+                "sop": "|".join(f.header["SOPInstanceUID"] for f in series),
                 "series": series[0].header["SeriesInstanceUID"],
             }
         )
@@ -374,7 +374,7 @@ def make_synthetic_cohort(
     np.savez_compressed(
         out_dir / "truth_latents.npz",
         relpath=np.asarray([r["relpath"] for r in truth_rows]),
-        sop_instance_uid=np.asarray([r["sop"] for r in truth_rows]),
+        sop_instance_uid=np.asarray([r["sop"] for r in truth_rows]),  # MR: slices, "|"-joined
         series_instance_uid=np.asarray([r["series"] for r in truth_rows]),
         sample=idx,  # [images] row of the simulated data set (cmcl_core.simulate, same seed)
         follow_up=np.asarray([r["follow_up"] for r in truth_rows]),  # noisy second images
@@ -401,6 +401,38 @@ def make_synthetic_cohort(
         edges,
         expected,
     )
+
+
+def true_latents(out_dir: Path, *, key: bytes, image_keys: Sequence[str]) -> np.ndarray:
+    """The simulated ``z`` of each pipeline image, for scoring learned latents (MCC, matching).
+
+    Args:
+        out_dir: a cohort folder written by :func:`make_synthetic_cohort`.
+        key: the pseudonym key the cohort was ingested with.
+        image_keys: pipeline image keys (``JoinedCohort.image_keys``); an MR series may be
+            named by any of its slices' image keys or by its series key.
+
+    Returns:
+        ``[n, m]`` float64; a row of NaN for a key that is not an image of this cohort.
+    """
+    from pipeline.deid import image_key, series_key
+
+    lat = np.load(Path(out_dir) / "truth_latents.npz")
+    row_of: dict[str, int] = {}
+    for r, (sops, series) in enumerate(
+        zip(lat["sop_instance_uid"], lat["series_instance_uid"], strict=True)
+    ):
+        for sop in str(sops).split("|"):
+            row_of[image_key(key, sop)] = r
+        if str(lat["relpath"][r]).startswith("mr_series"):
+            row_of[series_key(key, str(series))] = r
+    z = lat["z"]  # [images, m]
+    out = np.full((len(image_keys), z.shape[1]), np.nan)  # [n, m]
+    for i, k in enumerate(image_keys):
+        r = row_of.get(k)
+        if r is not None:
+            out[i] = z[r]
+    return out
 
 
 # --- parts --------------------------------------------------------------------------------------

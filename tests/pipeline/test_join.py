@@ -119,3 +119,12 @@ def test_summary_is_phi_free_and_json_serialisable(tmp_path):
     for pk in cohort.patient_keys + cohort.image_keys:
         assert pk not in text
     assert "P0" not in text
+
+
+def test_mostly_unmatched_images_warn(tmp_path, caplog):
+    clinical = _clinical(tmp_path)
+    strangers = [Img(image_key(KEY, f"9.{n}"), patient_key(KEY, f"Q{n}"), "c") for n in range(30)]
+    with caplog.at_level("WARNING", logger="pipeline.join"):
+        cohort = join_cohort(_images() + strangers, clinical)
+    assert cohort.counts.images_without_record == 33
+    assert "most images (33 of 45) have no clinical record" in caplog.text

@@ -20,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.deid import image_key, patient_key
 from pipeline.errors import ConfigError
 from pipeline.join import join_cohort
-from pipeline.synthetic import MAX_STORED, make_synthetic_cohort
+from pipeline.synthetic import MAX_STORED, make_synthetic_cohort, true_latents
 
 KEY = b"synthetic-test-key-0123456789ab"
 PARAMS = dict(
@@ -168,13 +168,11 @@ def test_config_and_join_reproduce_expected_counts(cohort, truth):
         if path.relative_to(cohort.out_dir).as_posix() in broken:
             continue
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if ds.Modality == "MR":  # one training image per series
+        if ds.Modality == "MR":  # one training image per series, named by one of its slices
             if ds.SeriesInstanceUID in series_seen:
                 continue
             series_seen.add(ds.SeriesInstanceUID)
-            images.append(Img(ds, ds.SeriesInstanceUID))
-        else:
-            images.append(Img(ds, ds.SOPInstanceUID))
+        images.append(Img(ds, ds.SOPInstanceUID))
     joined = join_cohort(images, clinical)
     c = joined.counts
     for name in (
@@ -189,6 +187,11 @@ def test_config_and_join_reproduce_expected_counts(cohort, truth):
     ):
         assert getattr(c, name) == exp[name], name
     assert exp["images_joined"] > exp["patients"]  # follow-up images exist
+    z = true_latents(cohort.out_dir, key=KEY, image_keys=joined.image_keys)  # [n, m]
+    assert z.shape == (len(joined), 6) and not np.isnan(z).any()
+    assert np.isnan(
+        true_latents(cohort.out_dir, key=b"another-key-000000", image_keys=joined.image_keys)
+    ).all()
 
 
 def test_truth_graph(cohort, truth):
@@ -307,8 +310,12 @@ def test_ingest_and_join_report_what_truth_promises(tmp_path):
         truth["d"], truth["m"], truth["n_edges"], n=60, image_size=64, n_binary=1, seed=3
     )
     lat = np.load(info.out_dir / "truth_latents.npz")
-    row_of = {image_key(KEY, str(s)): i for i, s in enumerate(lat["sop_instance_uid"])}
-    row_of.update({series_key(KEY, str(s)): i for i, s in enumerate(lat["series_instance_uid"])})
+    row_of = {}
+    for i, (sops, series) in enumerate(
+        zip(lat["sop_instance_uid"], lat["series_instance_uid"], strict=True)
+    ):
+        row_of.update({image_key(KEY, s): i for s in str(sops).split("|")})
+        row_of[series_key(KEY, str(series))] = i
     cache = PreprocessCache(cache_dir_for(cfg))
     checked = 0
     for img in result.images:
@@ -321,6 +328,9 @@ def test_ingest_and_join_report_what_truth_promises(tmp_path):
         assert np.abs(arr - expected).max() <= 1e-3, img.modality
         checked += 1
     assert checked == exp["images_in"] - int(lat["follow_up"].sum())
+    # true_latents maps the joined cohort's keys (MR units included) to the simulated z
+    z = true_latents(info.out_dir, key=KEY, image_keys=joined.image_keys)  # [n, m]
+    assert not np.isnan(z).any() and z.shape == (len(joined), truth["m"])
 
 
 def test_cli_synthetic_command(tmp_path):
