@@ -190,10 +190,10 @@ def translate_errors(engine: sa.Engine, what: str) -> Iterator[None]:
     shown = safe_url(engine.url)
     try:
         yield
-    except exc.IntegrityError as err:
+    except (exc.IntegrityError, exc.DataError) as err:
         raise ResultsIntegrityError(
             f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
-            "this is a bug in the caller (duplicate key or missing run); nothing was written",
+            "a bug in the caller (duplicate key, missing run, value too long); nothing was written",
         ) from None
     except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as err:
         raise ResultsDatabaseError(

@@ -27,4 +27,4 @@ class ResultsDatabaseError(Exception):
 
 
 class ResultsIntegrityError(ResultsDatabaseError):
-    """A write violated a constraint (duplicate key, missing run, bad value): a bug, not data."""
+    """A write violated a constraint or a column type (duplicate key, missing run, too long)."""
