@@ -27,6 +27,7 @@ Run ``python benchmarks/digits_data.py`` to print a summary of both data sets.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,15 @@ class DigitsData:
     seed: int
 
 
+@functools.cache
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (values 0-16) and their classes, read once."""
+    from sklearn.datasets import load_digits  # benchmark-only dependency (dev / bench extras)
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def base_digits(seed: int = 0) -> np.ndarray:
     """One scikit-learn digit per class, up-sampled to a 20x20 digit in a 28x28 canvas.
 
@@ -75,12 +85,10 @@ def base_digits(seed: int = 0) -> np.ndarray:
     Returns:
         ``[10, 28, 28]`` float32 in [0, 1]; row ``k`` is a digit ``k``.
     """
-    from sklearn.datasets import load_digits  # benchmark-only dependency (dev / bench extras)
-
-    digits = load_digits()
+    images, target = _load_digits()
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(digits.target == k)) for k in range(10)]
-    small = torch.from_numpy(digits.images[picks] / 16.0).float()[:, None]  # [10, 1, 8, 8]
+    picks = [rng.choice(np.flatnonzero(target == k)) for k in range(10)]
+    small = torch.from_numpy(images[picks] / 16.0).float()[:, None]  # [10, 1, 8, 8]
     big = F.interpolate(
         small, size=(_DIGIT_SIZE, _DIGIT_SIZE), mode="bilinear", align_corners=False
     )
