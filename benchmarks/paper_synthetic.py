@@ -236,11 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     protocol = {"n": args.n, "image_size": args.image_size, "epochs": args.epochs}
-    done = {
-        (r["setting"], r["seed"], r["method"])
-        for r in results["records"]
-        if all(r.get(k) == v for k, v in protocol.items())
+    other = {(r["n"], r["image_size"], r["epochs"]) for r in results["records"]} - {
+        tuple(protocol.values())
     }
+    if other:
+        sys.exit(
+            f"{path} holds records with (n, image_size, epochs) = {sorted(other, key=str)}, "
+            f"this run uses {tuple(protocol.values())}: use another --out for another protocol"
+        )
+    done = {(r["setting"], r["seed"], r["method"]) for r in results["records"]}
     t_start = time.perf_counter()
     results["meta"]["runs"].append({"command": command, "started": time.strftime("%FT%TZ")})
     from cmcl_core.simulate import simulate_setting

@@ -99,6 +99,15 @@ def test_resume_refuses_to_overwrite(tmp_path) -> None:
         ps.main(["--out", str(tmp_path), "--settings", "4/10", "--methods", "vae"])
 
 
+def test_resume_refuses_a_different_protocol(tmp_path) -> None:
+    rec = {"setting": "4/10", "seed": 0, "method": "vae", "n": 50, "image_size": 32, "epochs": 2}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"meta": {"wall_s_total": 0.0, "runs": []}, "records": [rec]})
+    )
+    with pytest.raises(SystemExit, match="another --out"):
+        ps.main(["--out", str(tmp_path), "--resume", "--n", "60", "--methods", "vae"])
+
+
 def test_ablations_only_at_the_ablation_setting() -> None:
     assert ps._applies("cmcl_nocm", "20/40") and not ps._applies("cmcl_nocm", "4/10")
     assert ps._applies("ivae", "4/10") and ps._applies("cmcl", "1/10")
