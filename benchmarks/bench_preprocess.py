@@ -38,14 +38,21 @@ def _file_bytes(rng: np.random.Generator, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _median_ms(fn, items, repeats: int = 3) -> float:
-    per = []
+def _cpu_ms(fns: dict, items: list, repeats: int = 3) -> dict[str, float]:
+    """Median over repeats of CPU milliseconds per item for each function, interleaved item by
+    item so that load from other processes hits every variant alike (process CPU time, not
+    wall time: the development machines are shared)."""
+    per: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        total = dict.fromkeys(fns, 0.0)
         for it in items:
-            fn(it)
-        per.append((time.perf_counter() - t0) / len(items) * 1e3)
-    return statistics.median(per)
+            for name, fn in fns.items():
+                t0 = time.process_time()
+                fn(it[name] if isinstance(it, dict) else it)
+                total[name] += time.process_time() - t0
+        for name in fns:
+            per[name].append(total[name] / len(items) * 1e3)
+    return {name: statistics.median(v) for name, v in per.items()}
 
 
 def main() -> None:
@@ -74,17 +81,24 @@ def main() -> None:
             p = Path(tmp) / f"{i}.dcm"
             p.write_bytes(raw)
             paths.append(p)
-        t_bare = _median_ms(bare, files)
-        t_pre = _median_ms(lambda ds: preprocess_dataset(ds, spec), decoded)
-        t_full = _median_ms(
-            lambda raw: preprocess_dataset(pydicom.dcmread(io.BytesIO(raw)), spec), files
+        items = [
+            {"bare": raw, "pre": ds, "full": raw} for raw, ds in zip(files, decoded, strict=True)
+        ]
+        t = _cpu_ms(
+            {
+                "bare": bare,
+                "pre": lambda ds: preprocess_dataset(ds, spec),
+                "full": lambda raw: preprocess_dataset(pydicom.dcmread(io.BytesIO(raw)), spec),
+            },
+            items,
         )
-        t_file = _median_ms(lambda p: preprocess_file(p, spec), paths, repeats=1)
-    print(f"{args.size}x{args.size} -> 64x64, n={args.n}, ms per image (median of 3):")
-    print(f"  bare dcmread+pixel_array+resize : {t_bare:6.2f}")
-    print(f"  preprocess_dataset (decoded ds) : {t_pre:6.2f}")
+        t_file = _cpu_ms({"file": lambda p: preprocess_file(p, spec)}, paths, repeats=1)["file"]
+    print(f"{args.size}x{args.size} -> 64x64, n={args.n}, CPU ms per image (median of 3):")
+    print(f"  bare dcmread+pixel_array+resize : {t['bare']:6.2f}")
+    print(f"  preprocess_dataset (decoded ds) : {t['pre']:6.2f}")
     print(
-        f"  dcmread + preprocess_dataset    : {t_full:6.2f}  ratio bare/this {t_bare / t_full:.2f}"
+        f"  dcmread + preprocess_dataset    : {t['full']:6.2f}"
+        f"  ratio bare/this {t['bare'] / t['full']:.2f}"
     )
     print(f"  preprocess_file (MONAI Compose) : {t_file:6.2f}")
 

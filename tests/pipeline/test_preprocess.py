@@ -136,6 +136,17 @@ def test_no_window_uses_robust_percentiles(pixels):
     assert np.mean(out) > 0.2  # not squashed towards 0 by the outlier
 
 
+def test_malformed_window_falls_back_to_percentiles(pixels):
+    spec = PreprocessSpec(image_size=32)
+    plain = preprocess_dataset(_ds(pixels), spec)
+    bad = _ds(pixels, WindowWidth=500)
+    bad.WindowCenter = ""  # present but empty
+    np.testing.assert_array_equal(preprocess_dataset(bad, spec), plain)
+    no_voi = PreprocessSpec(image_size=32, apply_voi=False)
+    windowed = _ds(pixels, WindowCenter=1000, WindowWidth=200)
+    np.testing.assert_array_equal(preprocess_dataset(windowed, no_voi), plain)
+
+
 def test_orientation_of_a_non_square_image(tmp_path):
     arr = np.full((256, 200), 500, dtype=np.uint16)  # rows x columns
     arr[:64, 150:] = TOP  # bright block at the top right (a transpose puts it bottom left)
