@@ -1,0 +1,174 @@
+"""Hyperparameters of the CMCL estimator (one frozen dataclass, JSON-able).
+
+The pipeline passes the YAML ``model:`` mapping through :meth:`CMCLConfig.from_dict`, which
+rejects unknown keys, so a typo in a config file is an error rather than a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+_TUPLE_FIELDS = ("posterior_hidden", "prior_hidden", "dag_hidden", "cr_hidden")
+
+
+@dataclass(frozen=True)
+class CMCLConfig:
+    """Configuration of :class:`cmcl_core.estimator.CMCL` (Eq. 14, Algorithm 1).
+
+    Attributes:
+        embed_dim: size of the latent embedding ``z0`` (Eq. 5-6); ``None`` means
+            ``max(16, 2 * latent_dim)``. Ignored (set to ``latent_dim``) when ``use_cm`` is off.
+        base_channels: channels of the first encoder stage; Appendix D.3 uses 16/32/64 for the
+            synthetic images, doubling per down-sampling stage (capped at ``max_channels``).
+        max_channels: cap on the channel width of any stage.
+        min_spatial: down-sample (stride 2) until the feature map is this many pixels wide.
+        posterior_hidden: hidden widths of the posterior MLP q(z | z0, u) (Appendix D.3).
+        prior_hidden: hidden widths of the conditional prior network p(z | u) (Eq. 18).
+        prior_mean: if True the prior mean depends on u as well as its variance; the default
+            (False) follows iVAE's reference prior (see ``nets.ConditionalPrior``).
+        dag_hidden: hidden widths of each NOTEARS-MLP (Appendix D.3: 3 x 10).
+        cr_hidden: hidden widths of the CR classifier D (Appendix D.3: 3 x 10).
+        use_cm: train the causal representation module (Eq. 7); off = ablation, z = z0.
+        use_cr: train the counterfactual contrastive regulariser (Eq. 13).
+        allow_all_edges: allow u-u and z-z edges; default is the paper's bipartite graph.
+        beta_embed: weight of the KL term of the embedding ELBO (Eq. 6).
+        beta_cm: weight of the KL term of the causal representation ELBO (Eq. 19).
+        lambda_dag: weight of the DAG link loss (Eq. 10) in the joint objective (Eq. 14).
+        lambda1: L1 weight on the first NOTEARS layer (Eq. 10, alpha_1).
+        lambda2: L2 weight on all NOTEARS layers.
+        lambda_cr: weight of the CR loss (Eq. 13) in the joint objective (Eq. 14).
+        embed_recon_fraction: fraction of each batch on which the embedding module's
+            reconstruction term is computed (keeps the epoch cost near a plain VAE's).
+        cr_every: run the CR step every this many optimiser steps.
+        cr_samples: samples of the batch used by each CR step.
+        lr: Adam learning rate of the encoder/decoder/posterior/prior.
+        lr_dag: Adam learning rate of the NOTEARS-MLP.
+        lr_cr: Adam learning rate of the classifier D.
+        batch_size: minibatch size.
+        epochs: maximum number of epochs.
+        min_epochs: no early stopping before this epoch.
+        patience: stop after this many epochs without improvement of the validation loss
+            (and with h(W) below ``h_tol``).
+        val_fraction: held-out fraction for early stopping (0 disables early stopping).
+        dag_warmup_epochs: epochs of representation learning before the DAG loss reaches z.
+        rho_init: initial augmented-Lagrangian penalty.
+        rho_mult: factor applied to rho when h(W) did not shrink enough.
+        rho_max: cap on rho.
+        h_shrink: rho grows when h_new > h_shrink * h_old (NOTEARS uses 0.25).
+        h_tol: h(W) below which the graph counts as acyclic.
+        acyclicity: ``"expm"`` (NOTEARS trace-exponential) or ``"logdet"`` (DAGMA).
+        w_threshold: edges with |W| below this are dropped (NOTEARS uses 0.3).
+        refit_dag: after joint training, re-solve the DAG on [u, posterior means of z] with
+            ``cmcl_core.dag.learn_dag`` (full augmented Lagrangian to convergence) and keep it.
+        refit_dag_max_samples: subsample for the refit (it is super-linear in n).
+        num_threads: torch CPU threads during fit (None: torch default).
+    """
+
+    embed_dim: int | None = None
+    base_channels: int = 16
+    max_channels: int = 64
+    min_spatial: int = 4
+    posterior_hidden: tuple[int, ...] = (50, 50, 50)
+    prior_hidden: tuple[int, ...] = (50, 50)
+    prior_mean: bool = False
+    dag_hidden: tuple[int, ...] = (10, 10, 10)
+    cr_hidden: tuple[int, ...] = (10, 10, 10)
+    use_cm: bool = True
+    use_cr: bool = True
+    allow_all_edges: bool = False
+    beta_embed: float = 1.0
+    beta_cm: float = 1.0
+    lambda_dag: float = 1.0
+    lambda1: float = 0.01
+    lambda2: float = 0.01
+    lambda_cr: float = 0.1
+    embed_recon_fraction: float = 0.5
+    cr_every: int = 4
+    cr_samples: int = 16
+    lr: float = 1e-3
+    lr_dag: float = 1e-2
+    lr_cr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 60
+    min_epochs: int = 20
+    patience: int = 8
+    val_fraction: float = 0.1
+    dag_warmup_epochs: int = 5
+    rho_init: float = 1.0
+    rho_mult: float = 10.0
+    rho_max: float = 1e6
+    h_shrink: float = 0.25
+    h_tol: float = 1e-6
+    acyclicity: str = "expm"
+    w_threshold: float = 0.3
+    refit_dag: bool = True
+    refit_dag_max_samples: int = 2000
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        problems = []
+        if self.embed_dim is not None and self.embed_dim < 1:
+            problems.append("embed_dim must be >= 1")
+        if self.batch_size < 2:
+            problems.append("batch_size must be >= 2")
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if not 0.0 <= self.val_fraction < 0.5:
+            problems.append("val_fraction must be in [0, 0.5)")
+        if not 0.0 < self.embed_recon_fraction <= 1.0:
+            problems.append("embed_recon_fraction must be in (0, 1]")
+        if self.acyclicity not in ("expm", "logdet"):
+            problems.append("acyclicity must be 'expm' or 'logdet'")
+        if self.cr_every < 1 or self.cr_samples < 2:
+            problems.append("cr_every must be >= 1 and cr_samples >= 2")
+        if min(self.lr, self.lr_dag, self.lr_cr) <= 0:
+            problems.append("learning rates must be > 0")
+        if self.w_threshold < 0:
+            problems.append("w_threshold must be >= 0")
+        if problems:
+            raise ValueError("Invalid CMCLConfig: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the user-settable fields."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> CMCLConfig:
+        """Build a config from a mapping (e.g. the YAML ``model:`` section).
+
+        Args:
+            d: field name -> value; ``None`` or empty gives the defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: a key is not a CMCLConfig field (the message names it and lists the
+                valid ones) or a value is out of range.
+        """
+        d = dict(d or {})
+        known = set(cls.field_names())
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown model setting(s) {unknown}; valid keys are {sorted(known)}. "
+                "Fix the spelling in the config's `model:` section."
+            )
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able mapping of the user-settable fields (tuples become lists)."""
+        out = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> CMCLConfig:
+        """Copy with some fields changed (unknown names raise ValueError)."""
+        return CMCLConfig.from_dict({**self.to_dict(), **changes})
