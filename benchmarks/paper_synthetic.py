@@ -211,6 +211,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--mic-max-latents", type=int, default=12, help="above: match by MCC")
     p.add_argument("--report-only", action="store_true", help="rewrite md/png from the JSON")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="with --report-only: add "
+        "the records of these output folders (e.g. runs made by parallel processes)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.settings, args.seeds = ["4/10"], [0]
@@ -228,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.out / "results.json"
     results = _load(path) if (args.resume or args.report_only) else _load(Path("/nonexistent"))
     if args.report_only:
+        for other in args.merge:  # runs of other processes (one results.json per process)
+            extra = _load(other / "results.json")
+            results["records"] += extra["records"]
+            results["meta"]["wall_s_total"] += extra["meta"]["wall_s_total"]
         write_report(results, args.out)
         return 0
     if path.exists() and not args.resume:

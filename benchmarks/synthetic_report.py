@@ -88,7 +88,8 @@ def markdown(results: dict) -> str:
         "",
         "Cells are mean ± std over seeds (number of seeds in brackets). Protocols "
         "(n, image size, epochs; None = method default): " + ", ".join(map(str, protocols)),
-        f"Accumulated wall time of the benchmark runs: {results['meta']['wall_s_total']:.0f} s.",
+        f"Wall time of the benchmark runs (summed over runs and parallel processes): "
+        f"{results['meta']['wall_s_total']:.0f} s.",
         "",
         "Commands that produced these records:",
         *_commands(records),
