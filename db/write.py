@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -273,6 +274,32 @@ def finish_run(
         if res.rowcount != 1:
             raise ValueError(f"run {run_id} does not exist in the results database")
     log.info("run %s finished: %s", run_id, st.value)
+
+
+@contextmanager
+def keep_alive(engine: sa.Engine, run_id: int, every_s: float = 30.0) -> Iterator[None]:
+    """Send ``heartbeat`` every ``every_s`` seconds from a daemon thread while the block runs.
+
+    Wrap long tasks (training) so ``mark_stale_runs`` can tell a live run from a dead one;
+    use an ``older_than_s`` several times ``every_s``. A failed heartbeat is logged, never
+    raised into the task.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                heartbeat(engine, run_id)
+            except Exception as err:  # noqa: BLE001 - a missed beat must not kill training
+                log.warning("heartbeat for run %s failed: %s", run_id, type(err).__name__)
+
+    thread = threading.Thread(target=beat, name=f"cmcl-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s + 5)
 
 
 def mark_stale_runs(engine: sa.Engine, older_than_s: float) -> int:

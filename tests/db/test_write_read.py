@@ -271,3 +271,18 @@ def test_z_round_trips_exactly_through_both_write_paths(engine):
     back = {r["image_key"]: r["z"] for r in read.read_latents(engine, run_id)}
     assert back["a"] == hard and back["b"] == list(reversed(hard))
     assert all(type(v) is float for v in back["a"])
+
+
+def test_keep_alive_advances_heartbeat(sqlite_url):
+    eng = open_results(sqlite_url)
+    try:
+        run_id = write.start_run(eng, config={}, code_version="t")
+        first = read.get_run(eng, run_id)["heartbeat_at"]
+        with write.keep_alive(eng, run_id, every_s=0.05):
+            deadline = time.monotonic() + 10
+            while read.get_run(eng, run_id)["heartbeat_at"] == first:
+                assert time.monotonic() < deadline, "no heartbeat within 10 s"
+                time.sleep(0.05)
+        assert read.get_run(eng, run_id)["heartbeat_at"] > first
+    finally:
+        eng.dispose()
