@@ -23,71 +23,51 @@ The cohort is deliberately imperfect, and ``truth.json["expected"]`` says by how
 whose images have no clinical row, rows without images, rows with a NULL, patients with a
 second (follow-up) image, and ``n_broken`` files (truncated pixel data, a text file named
 ``.dcm``, an unsupported modality, a DICOM without pixel data) that ingest must quarantine.
-Header values look like PHI but are plainly synthetic (``SYNTHETIC^PATIENT^0001``, PatientID
-``SYN`` + 8 digits, "CMCL Synthetic Hospital"); file names never contain a patient id. UIDs come
-from ``pydicom.uid.generate_uid`` with seed-derived entropy, so a seed reproduces every byte.
+Header values look like PHI but are plainly synthetic (``pipeline.synthetic_dicom``, which
+writes the files); file names never contain a patient id; a seed reproduces every byte.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
+import sqlite3
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_ROOT_UID,
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
 
-from cmcl_core.simulate import GRAPH_SETTINGS, simulate
+from cmcl_core.simulate import GRAPH_SETTINGS, SimulatedData, simulate
 from pipeline.errors import ConfigError
+from pipeline.synthetic_dicom import (
+    BROKEN_KINDS,
+    BROKEN_WHY,
+    MAX_STORED,
+    WINDOW,
+    DicomFile,
+    UidSource,
+    instance_header,
+    mr_series,
+    patient_header,
+    write_files,
+)
 
 logger = logging.getLogger(__name__)
 
-MAX_STORED = 4095  # 12-bit
+__all__ = ["MAX_STORED", "CohortInfo", "make_synthetic_cohort", "true_latents"]
+
 GENERATOR = "pipeline.synthetic"
 _OURS = ("dicom", "clinical.db", "truth.json", "truth_latents.npz", "config.yaml")
 _BINARY_NAMES = ("covid", "smoker", "diabetes", "hypertension", "icu_admission", "copd")
-_CONTINUOUS_NAMES = (
-    "age",
-    "crp",
-    "spo2",
-    "wbc",
-    "bmi",
-    "ldh",
-    "d_dimer",
-    "ferritin",
-    "lymphocytes",
-    "temperature",
-    "resp_rate",
-    "heart_rate",
-    "creatinine",
-)
-_BROKEN_KINDS = ("truncated", "not_dicom", "unsupported_modality", "no_pixel_data")
-_BROKEN_WHY = {
-    "truncated": "a valid CR file cut at 60% of its length, inside the pixel data",
-    "not_dicom": "a text file with a .dcm name",
-    "unsupported_modality": "a valid image with Modality OT (secondary capture)",
-    "no_pixel_data": "a CR header without the Pixel Data element",
-}
+_CONTINUOUS_NAMES = ("age", "crp", "spo2", "wbc", "bmi", "ldh", "d_dimer", "ferritin")
 _FILES_PER_FOLDER = 250
+_FOLLOW_UP_NOISE = 0.02  # pixel noise of a patient's second radiograph
 
 
 @dataclass(frozen=True)
@@ -139,14 +119,28 @@ class CohortInfo:
 
 
 @dataclass(frozen=True)
-class _File:
-    """One file to write: header fields + stored pixels (or a broken variant)."""
+class _Roles:
+    """A random partition of the simulated patients (indices into the simulation)."""
 
-    relpath: str
-    kind: str  # "image" or a _BROKEN_KINDS entry
-    header: dict[str, Any]
-    pixels: np.ndarray | None  # [H, W] uint16, as stored
-    photometric: str = "MONOCHROME2"
+    orphan_img: np.ndarray  # images, no clinical row
+    orphan_rec: np.ndarray  # clinical row, no image
+    missing: np.ndarray  # image and a row with one NULL
+    mr: np.ndarray  # image written as an MR series, complete row
+    joined: np.ndarray  # radiograph and a complete row
+    repeats: np.ndarray  # subset of joined with a second (follow-up) radiograph
+
+
+@dataclass
+class _Plan:
+    """Every file to write and, per training image, what it shows."""
+
+    files: list[DicomFile] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # truth per training image
+    broken: list[dict[str, str]] = field(default_factory=list)
+    radiographs: int = 0
+    monochrome1: int = 0
+    other_size: int = 0
+    mr_files: int = 0
 
 
 def make_synthetic_cohort(
@@ -216,7 +210,6 @@ def make_synthetic_cohort(
         )
     names = _variable_names(d, n_binary, var_names)
     out_dir = _prepare(Path(out_dir))
-    dicom_dir = out_dir / "dicom"
     rng = np.random.default_rng(seed)
     sim = simulate(
         d,
@@ -228,178 +221,79 @@ def make_synthetic_cohort(
         seed=seed,
         setting=setting,
     )
-    sim_names = names + sim.z_names
-    edges = tuple(
-        (sim_names[i], sim_names[j]) for i, j in zip(*np.nonzero(sim.B_true), strict=True)
-    )
-
-    # Who is what: a random partition of the simulated patients.
-    order = rng.permutation(n_patients)
-    orphan_img = order[:n_orphan]
-    orphan_rec = order[n_orphan : 2 * n_orphan]
-    missing = order[2 * n_orphan : 2 * n_orphan + missing_values]
-    mr = order[2 * n_orphan + missing_values : n_special]
-    joined = order[n_special:]
-    repeats = joined[: int(round(repeat_fraction * len(joined)))]
-
+    roles = _assign_roles(rng, n_patients, n_orphan, missing_values, mr_patients, repeat_fraction)
     pids = [f"SYN{x:08d}" for x in rng.choice(10**8, size=n_patients, replace=False)]
-    ids = _Ids(seed)
-    patients = [_patient_header(rng, i, pids[i], ids) for i in range(n_patients)]
-    pixels = np.rint(sim.images[:, 0] * MAX_STORED).astype(np.uint16)  # [n, 1, H, W] -> [n, H, W]
-
-    # Radiographs (one per image-bearing patient, a second for repeats), then broken files.
-    radiographs: list[tuple[int, np.ndarray, str]] = []  # (patient, stored pixels, uid tag)
-    for i in sorted(set(range(n_patients)) - set(orphan_rec.tolist()) - set(mr.tolist())):
-        radiographs.append((i, pixels[i], f"img-{i}"))
-    for i in sorted(repeats.tolist()):
-        noisy = sim.images[i, 0] + 0.02 * rng.standard_normal(sim.images.shape[2:])  # [H, W]
-        radiographs.append(
-            (i, np.rint(np.clip(noisy, 0, 1) * MAX_STORED).astype(np.uint16), f"rep-{i}")
-        )
-    n_files = len(radiographs) + n_broken
-    names_perm = rng.permutation(n_files)
-    mono1 = rng.random(len(radiographs)) < monochrome1_fraction
-    bigger = rng.random(len(radiographs)) < other_size_fraction
-    modality = rng.choice(["CR", "DX"], size=len(radiographs))
-
-    files: list[_File] = []
-    truth_rows: list[dict[str, Any]] = []
-    for k, (i, stored, tag) in enumerate(radiographs):
-        rel = _relpath(int(names_perm[k]))
-        hdr = {
-            **patients[i],
-            **_instance_header(ids, tag, str(modality[k]), follow_up=tag.startswith("rep")),
-        }
-        arr = np.repeat(np.repeat(stored, 2, 0), 2, 1) if bigger[k] else stored  # [2H, 2W]
-        photometric = "MONOCHROME1" if mono1[k] else "MONOCHROME2"
-        if mono1[k]:
-            arr = (MAX_STORED - arr).astype(np.uint16)
-        files.append(_File(rel, "image", hdr, arr, photometric))
-        truth_rows.append(
-            {
-                "relpath": rel,
-                "patient": i,
-                "follow_up": tag.startswith("rep"),
-                "sop": hdr["SOPInstanceUID"],
-                "series": hdr["SeriesInstanceUID"],
-            }
-        )
-    hosts = rng.choice(joined, size=n_broken)
-    broken: list[dict[str, str]] = []
-    for b in range(n_broken):
-        kind = _BROKEN_KINDS[b % len(_BROKEN_KINDS)]
-        rel = _relpath(int(names_perm[len(radiographs) + b]))
-        i = int(hosts[b])
-        mod = "OT" if kind == "unsupported_modality" else "CR"
-        hdr = {**patients[i], **_instance_header(ids, f"broken-{b}", mod, follow_up=True)}
-        files.append(_File(rel, kind, hdr, pixels[i]))
-        broken.append({"file": f"dicom/{rel}", "reason": kind, "why": _BROKEN_WHY[kind]})
-    mr_files = 0
-    for s, i in enumerate(sorted(mr.tolist())):
-        series = _mr_series(rng, ids, s, patients[i], pixels[i], mr_slices)
-        files.extend(series)
-        mr_files += len(series)
-        truth_rows.append(
-            {
-                "relpath": f"mr_series_{s:03d}",
-                "patient": i,
-                "follow_up": False,
-                "sop": "|".join(f.header["SOPInstanceUID"] for f in series),
-                "series": series[0].header["SeriesInstanceUID"],
-            }
-        )
-
-    _write_all(dicom_dir, files, workers if workers is not None else min(2, os.cpu_count() or 1))
-    binary_coding = _write_clinical(
-        out_dir / "clinical.db", sim, names, pids, orphan_img, missing, rng
+    uids = UidSource(seed)
+    patients = [patient_header(rng, i, pids[i], uids) for i in range(n_patients)]
+    plan = _plan_files(
+        rng,
+        sim,
+        roles,
+        patients,
+        uids,
+        monochrome1_fraction,
+        other_size_fraction,
+        n_broken,
+        mr_slices,
     )
-
-    per_patient = Counter(r["patient"] for r in truth_rows)
-    joined_set = set(joined.tolist()) | set(mr.tolist())
-    images = len(truth_rows)
-    expected = {
-        "files_total": len(files),
-        "files_catalogued": len(files) - n_broken,
-        "files_quarantined": n_broken,
-        "quarantined_by_reason": dict(Counter(b["reason"] for b in broken)),
-        "radiograph_files": len(radiographs),
-        "monochrome1_files": int(mono1.sum()),
-        "other_size_files": int(bigger.sum()),
-        "mr_series": len(mr),
-        "mr_files": mr_files,
-        "clinical_rows": n_patients - n_orphan,
-        # the join (ARCHITECTURE: one image per radiograph file, one per MR series)
-        "images_in": images,
-        "images_without_record": sum(per_patient[i] for i in orphan_img.tolist()),
-        "images_record_excluded": sum(per_patient[i] for i in missing.tolist()),
-        "records_in": n_patients - n_orphan - missing_values,
-        "records_without_image": n_orphan,
-        "records_excluded_missing": missing_values,
-        "patients": len(joined_set),
-        "images_joined": sum(per_patient[i] for i in joined_set),
-    }
+    write_files(out_dir / "dicom", plan.files, workers or min(2, os.cpu_count() or 1))
+    coding = _write_clinical(out_dir / "clinical.db", sim, names, pids, roles, rng)
     config_path = _write_config(out_dir, names, sim.u_types, seed, image_size_dicom)
+    expected = _expected(plan, roles, n_patients)
+    node_names = names + sim.z_names
+    edges = tuple((node_names[i], node_names[j]) for i, j in np.argwhere(sim.B_true))
     truth = {
         "generator": GENERATOR,
         "setting": setting,
         "seed": seed,
         "n_patients": n_patients,
+        "image_size": image_size_dicom,
+        "n_binary": n_binary,
         "d": d,
         "m": m,
         "n_edges": n_edges,
         "u_names": list(names),
         "u_types": list(sim.u_types),
         "z_names": list(sim.z_names),
-        "node_order": list(sim_names),
+        "node_order": list(node_names),
         "edges": [{"source": a, "target": b} for a, b in edges],
         "B_true": sim.B_true.tolist(),
         "z_cells": [list(c) for c in sim.z_cells],
-        "binary_coding": binary_coding,
+        "binary_coding": coding,
         "pixel_encoding": {
             "bits_stored": 12,
             "max_stored": MAX_STORED,
-            "window_center": 2048,
-            "window_width": 4096,
+            "window_center": WINDOW[0],
+            "window_width": WINDOW[1],
             "other_size_factor": 2,
         },
-        "broken_files": broken,
+        "broken_files": plan.broken,
         "monochrome1_files": sorted(
-            f"dicom/{f.relpath}" for f in files if f.photometric == "MONOCHROME1"
+            f"dicom/{f.relpath}" for f in plan.files if f.photometric == "MONOCHROME1"
         ),
         "expected": expected,
     }
     truth_path = out_dir / "truth.json"
     truth_path.write_text(json.dumps(truth, indent=2) + "\n")
-    idx = np.asarray([r["patient"] for r in truth_rows])
-    np.savez_compressed(
-        out_dir / "truth_latents.npz",
-        relpath=np.asarray([r["relpath"] for r in truth_rows]),
-        sop_instance_uid=np.asarray([r["sop"] for r in truth_rows]),  # MR: slices, "|"-joined
-        series_instance_uid=np.asarray([r["series"] for r in truth_rows]),
-        sample=idx,  # [images] row of the simulated data set (cmcl_core.simulate, same seed)
-        follow_up=np.asarray([r["follow_up"] for r in truth_rows]),  # noisy second images
-        joined=np.isin(idx, list(joined_set)),
-        u=sim.u[idx],  # [images, d]
-        z=sim.z[idx],  # [images, m]
-    )
+    _write_truth_latents(out_dir / "truth_latents.npz", plan, roles, sim)
     logger.info(
         "synthetic cohort: %d files (%d broken), %d patients, graph %s, %d edges",
-        len(files),
+        len(plan.files),
         n_broken,
         n_patients,
         setting or f"d={d} m={m}",
         len(edges),
     )
     return CohortInfo(
-        out_dir,
-        dicom_dir,
-        out_dir / "clinical.db",
-        config_path,
-        truth_path,
-        names,
-        tuple(sim.u_types),
-        edges,
-        expected,
+        out_dir=out_dir,
+        dicom_dir=out_dir / "dicom",
+        clinical_db=out_dir / "clinical.db",
+        config_path=config_path,
+        truth_path=truth_path,
+        u_names=names,
+        u_types=tuple(sim.u_types),
+        true_edges=edges,
+        expected=expected,
     )
 
 
@@ -435,7 +329,7 @@ def true_latents(out_dir: Path, *, key: bytes, image_keys: Sequence[str]) -> np.
     return out
 
 
-# --- parts --------------------------------------------------------------------------------------
+# --- parts ---------------------------------------------------------------------------------
 
 
 def _graph(
@@ -492,165 +386,162 @@ def _prepare(out_dir: Path) -> Path:
     return out_dir
 
 
-class _Ids:
-    """Seed-derived, reproducible UIDs (``generate_uid`` with entropy sources).
-
-    The UIDs are new (never a real instance's) and unique per seed and role; the 2.25 UUID form
-    cannot be used because ``generate_uid`` ignores the entropy sources for it.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = str(seed)
-
-    def uid(self, *parts: object) -> str:
-        # pydicom's UID root + SHA-512 of the entropy: the same seed gives the same UIDs
-        entropy = "|".join(["cmcl-synthetic", self.seed, *map(str, parts)])
-        return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[entropy])
-
-
-def _patient_header(rng: np.random.Generator, i: int, pid: str, ids: _Ids) -> dict[str, Any]:
-    year = int(rng.integers(1940, 2001))
-    return {
-        "PatientName": f"SYNTHETIC^PATIENT^{i + 1:04d}",
-        "PatientID": pid,
-        "PatientBirthDate": f"{year}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
-        "PatientSex": str(rng.choice(["F", "M", "O"])),
-        "StudyDate": f"{int(rng.integers(2020, 2024))}{int(rng.integers(1, 13)):02d}"
-        f"{int(rng.integers(1, 29)):02d}",
-        "AccessionNumber": f"SYNACC{int(rng.integers(10**7, 10**8))}",
-        "StudyInstanceUID": ids.uid("study", i),
-    }
-
-
-def _instance_header(ids: _Ids, tag: str, modality: str, follow_up: bool) -> dict[str, Any]:
-    header: dict[str, Any] = {
-        "Modality": modality,
-        "SOPClassUID": {
-            "CR": ComputedRadiographyImageStorage,
-            "DX": DigitalXRayImageStorageForPresentation,
-            "OT": SecondaryCaptureImageStorage,
-            "MR": MRImageStorage,
-        }[modality],
-        "SOPInstanceUID": ids.uid("sop", tag),
-        "SeriesInstanceUID": ids.uid("series", tag),
-    }
-    if follow_up:
-        header["StudyInstanceUID"] = ids.uid("study", tag)
-    return header
+def _assign_roles(
+    rng: np.random.Generator,
+    n_patients: int,
+    n_orphan: int,
+    missing_values: int,
+    mr_patients: int,
+    repeat_fraction: float,
+) -> _Roles:
+    order = rng.permutation(n_patients)
+    cut = np.cumsum([n_orphan, n_orphan, missing_values, mr_patients])
+    joined = order[cut[-1] :]
+    return _Roles(
+        orphan_img=order[: cut[0]],
+        orphan_rec=order[cut[0] : cut[1]],
+        missing=order[cut[1] : cut[2]],
+        mr=order[cut[2] : cut[3]],
+        joined=joined,
+        repeats=joined[: int(round(repeat_fraction * len(joined)))],
+    )
 
 
 def _relpath(n: int) -> str:
     return f"batch_{n // _FILES_PER_FOLDER:03d}/img_{n:06d}.dcm"
 
 
-def _mr_series(
+def _plan_files(
     rng: np.random.Generator,
-    ids: _Ids,
-    s: int,
-    patient: dict[str, Any],
-    stored: np.ndarray,
-    n_slices: int,
-) -> list[_File]:
-    """An MR series whose two central slices (n//2 - 1, n//2) equal the image, others fade."""
-    series_uid, frame_uid = ids.uid("mr-series", s), ids.uid("mr-frame", s)
-    mid = n_slices // 2
-    names = rng.permutation(n_slices)  # file names do not reveal the slice order
-    out = []
-    for k in range(n_slices):
-        dist = 0 if k in (mid - 1, mid) else min(abs(k - mid), abs(k - mid + 1))
-        arr = np.rint(stored * 0.8**dist).astype(np.uint16)  # [H, W]
-        hdr = {**patient, **_instance_header(ids, f"mr-{s}-{k}", "MR", follow_up=False)}
-        hdr.update(
-            SeriesInstanceUID=series_uid,
-            FrameOfReferenceUID=frame_uid,
-            InstanceNumber=k + 1,
-            ImagePositionPatient=[0.0, 0.0, 4.0 * k],
-            ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            PixelSpacing=[1.0, 1.0],
-            SliceThickness=4.0,
+    sim: SimulatedData,
+    roles: _Roles,
+    patients: list[dict[str, Any]],
+    uids: UidSource,
+    monochrome1_fraction: float,
+    other_size_fraction: float,
+    n_broken: int,
+    mr_slices: int,
+) -> _Plan:
+    """Radiographs (one per image-bearing patient, a second for repeats), broken files (extra
+    files of joined patients) and MR series; file numbers shuffled so broken files mix in."""
+    pixels = np.rint(sim.images[:, 0] * MAX_STORED).astype(np.uint16)  # [n, 1, H, W] -> [n, H, W]
+    no_radiograph = set(roles.orphan_rec.tolist()) | set(roles.mr.tolist())
+    shots: list[tuple[int, np.ndarray, bool]] = [  # (patient, stored pixels, follow-up)
+        (i, pixels[i], False) for i in range(len(pixels)) if i not in no_radiograph
+    ]
+    for i in sorted(roles.repeats.tolist()):
+        noisy = sim.images[i, 0] + _FOLLOW_UP_NOISE * rng.standard_normal(pixels.shape[1:])
+        shots.append((i, np.rint(np.clip(noisy, 0, 1) * MAX_STORED).astype(np.uint16), True))
+    numbers = rng.permutation(len(shots) + n_broken)
+    mono1 = rng.random(len(shots)) < monochrome1_fraction
+    bigger = rng.random(len(shots)) < other_size_fraction
+    modality = rng.choice(["CR", "DX"], size=len(shots))
+    plan = _Plan(radiographs=len(shots), monochrome1=int(mono1.sum()), other_size=int(bigger.sum()))
+    for k, (i, stored, follow_up) in enumerate(shots):
+        tag = f"{'rep' if follow_up else 'img'}-{i}"
+        hdr = {**patients[i], **instance_header(uids, tag, str(modality[k]), follow_up)}
+        arr = np.repeat(np.repeat(stored, 2, 0), 2, 1) if bigger[k] else stored  # [2H, 2W]
+        if mono1[k]:
+            arr = (MAX_STORED - arr).astype(np.uint16)  # stored inverted: same display
+        rel = _relpath(int(numbers[k]))
+        plan.files.append(
+            DicomFile(rel, "image", hdr, arr, "MONOCHROME1" if mono1[k] else "MONOCHROME2")
         )
-        out.append(_File(f"mr_series_{s:03d}/slice_{int(names[k]):03d}.dcm", "image", hdr, arr))
-    return out
+        plan.rows.append(
+            {
+                "relpath": rel,
+                "patient": i,
+                "follow_up": follow_up,
+                "sop": hdr["SOPInstanceUID"],
+                "series": hdr["SeriesInstanceUID"],
+            }
+        )
+    for b, i in enumerate(rng.choice(roles.joined, size=n_broken).tolist()):
+        kind = BROKEN_KINDS[b % len(BROKEN_KINDS)]
+        mod = "OT" if kind == "unsupported_modality" else "CR"
+        hdr = {**patients[i], **instance_header(uids, f"broken-{b}", mod, new_study=True)}
+        rel = _relpath(int(numbers[len(shots) + b]))
+        plan.files.append(DicomFile(rel, kind, hdr, pixels[i]))
+        plan.broken.append({"file": f"dicom/{rel}", "reason": kind, "why": BROKEN_WHY[kind]})
+    for s, i in enumerate(sorted(roles.mr.tolist())):
+        series = mr_series(rng, uids, s, patients[i], pixels[i], mr_slices)
+        plan.files.extend(series)
+        plan.mr_files += len(series)
+        plan.rows.append(
+            {
+                "relpath": f"mr_series_{s:03d}",
+                "patient": i,
+                "follow_up": False,
+                "sop": "|".join(f.header["SOPInstanceUID"] for f in series),
+                "series": series[0].header["SeriesInstanceUID"],
+            }
+        )
+    return plan
 
 
-# --- writing ------------------------------------------------------------------------------------
+def _expected(plan: _Plan, roles: _Roles, n_patients: int) -> dict[str, Any]:
+    """The counts ingest and the join must report: one training image per radiograph file and
+    one per MR series (ARCHITECTURE.md: every file catalogued or quarantined)."""
+    per_patient = Counter(r["patient"] for r in plan.rows)
+    joined = set(roles.joined.tolist()) | set(roles.mr.tolist())
+    n_broken = len(plan.broken)
+    n_orphan, n_missing = len(roles.orphan_img), len(roles.missing)
+    return {
+        "files_total": len(plan.files),
+        "files_catalogued": len(plan.files) - n_broken,
+        "files_quarantined": n_broken,
+        "quarantined_by_reason": dict(Counter(b["reason"] for b in plan.broken)),
+        "radiograph_files": plan.radiographs,
+        "monochrome1_files": plan.monochrome1,
+        "other_size_files": plan.other_size,
+        "mr_series": len(roles.mr),
+        "mr_files": plan.mr_files,
+        "clinical_rows": n_patients - n_orphan,
+        "images_in": len(plan.rows),
+        "images_without_record": sum(per_patient[i] for i in roles.orphan_img.tolist()),
+        "images_record_excluded": sum(per_patient[i] for i in roles.missing.tolist()),
+        "records_in": n_patients - n_orphan - n_missing,
+        "records_without_image": len(roles.orphan_rec),
+        "records_excluded_missing": n_missing,
+        "patients": len(joined),
+        "images_joined": sum(per_patient[i] for i in joined),
+    }
 
 
-def _dataset(f: _File) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.InstitutionName = "CMCL Synthetic Hospital"
-    ds.ReferringPhysicianName = "SYNTHETIC^REFERRER"
-    ds.Manufacturer = "CMCL synthetic generator"
-    ds.StudyTime = "120000"
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.BodyPartExamined = "CHEST"
-    for k, v in f.header.items():
-        setattr(ds, k, v)
-    if ds.Modality in ("CR", "DX"):
-        ds.ViewPosition = "PA"
-    ds.WindowCenter = 2048  # with WindowWidth 4096: [0, 4095] -> [0, 1] linearly
-    ds.WindowWidth = 4096
-    ds.set_pixel_data(f.pixels, f.photometric, bits_stored=12, generate_instance_uid=False)
-    if f.kind == "no_pixel_data":
-        del ds.PixelData
-    return ds
-
-
-def _encode(f: _File) -> bytes:
-    if f.kind == "not_dicom":
-        return b"This is not a DICOM file: a deliberately broken file of a CMCL synthetic cohort.\n"
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, _dataset(f), enforce_file_format=True)
-    data = buf.getvalue()
-    return data[: int(len(data) * 0.6)] if f.kind == "truncated" else data
-
-
-def _write_chunk(dicom_dir: str, files: list[_File]) -> int:
-    for f in files:
-        path = Path(dicom_dir) / f.relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_encode(f))
-    return len(files)
-
-
-def _write_all(dicom_dir: Path, files: list[_File], workers: int) -> None:
-    dicom_dir.mkdir(parents=True, exist_ok=True)
-    if workers <= 1 or len(files) < 200:
-        _write_chunk(str(dicom_dir), files)
-        return
-    chunks = [files[i :: workers * 4] for i in range(workers * 4)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        written = sum(pool.map(_write_chunk, [str(dicom_dir)] * len(chunks), chunks))
-    if written != len(files):  # pragma: no cover - a worker failure raises before this
-        raise RuntimeError(f"wrote {written} of {len(files)} synthetic files")
+def _write_truth_latents(path: Path, plan: _Plan, roles: _Roles, sim: SimulatedData) -> None:
+    idx = np.asarray([r["patient"] for r in plan.rows])  # [images]
+    joined = list(set(roles.joined.tolist()) | set(roles.mr.tolist()))
+    np.savez_compressed(
+        path,
+        relpath=np.asarray([r["relpath"] for r in plan.rows]),
+        sop_instance_uid=np.asarray([r["sop"] for r in plan.rows]),  # MR: slices, "|"-joined
+        series_instance_uid=np.asarray([r["series"] for r in plan.rows]),
+        sample=idx,  # row of the simulated data set (cmcl_core.simulate, same seed)
+        follow_up=np.asarray([r["follow_up"] for r in plan.rows]),  # noisy second images
+        joined=np.isin(idx, joined),
+        u=sim.u[idx],  # [images, d]
+        z=sim.z[idx],  # [images, m]
+    )
 
 
 def _write_clinical(
     path: Path,
-    sim: Any,
+    sim: SimulatedData,
     names: Sequence[str],
     pids: Sequence[str],
-    orphan_img: np.ndarray,
-    missing: np.ndarray,
+    roles: _Roles,
     rng: np.random.Generator,
 ) -> dict[str, dict[str, int]]:
-    """Write ``clinical_records`` (no row for ``orphan_img``; one NULL per ``missing``
-    patient); binary variables as text. Returns the binary coding."""
-    import sqlite3
-
+    """Write ``clinical_records`` (no row for orphan images; one NULL per ``missing`` patient);
+    binary variables as text (first: negative/positive, others no/yes). Returns the coding."""
     coding: dict[str, dict[str, int]] = {}
     words: dict[str, tuple[str, str]] = {}
     for j, (name, vtype) in enumerate(zip(names, sim.u_types, strict=True)):
         if vtype == "binary":
             words[name] = ("negative", "positive") if j == 0 else ("no", "yes")
             coding[name] = {words[name][0]: 0, words[name][1]: 1}
-    no_row = set(orphan_img.tolist())
-    null_col = {int(i): int(rng.integers(len(names))) for i in missing.tolist()}
+    no_row = set(roles.orphan_img.tolist())
+    null_col = {int(i): int(rng.integers(len(names))) for i in roles.missing.tolist()}
     rows = []
     for i in range(len(pids)):
         if i in no_row:
