@@ -114,61 +114,14 @@ def load_clinical(cfg: ClinicalConfig, *, key: bytes) -> ClinicalTable:
             column, bad declared type, contradicting duplicates, no usable record).
     """
     columns, rows = _run_query(cfg)
-    if cfg.id_column not in columns:
-        raise DataError(
-            f"clinical.id_column '{cfg.id_column}' is not a column of the clinical query's "
-            f"result; available columns: {', '.join(columns) or '(none)'}",
-            "set clinical.id_column to the column holding the DICOM PatientID, or select it "
-            "in clinical.query",
-        )
-    names = tuple(c for c in columns if c != cfg.id_column)
-    missing_decl = [v for v in cfg.variables if v not in names]
-    if missing_decl:
-        raise DataError(
-            f"clinical.variables declares {', '.join(missing_decl)} but the clinical query "
-            f"does not return {'it' if len(missing_decl) == 1 else 'them'}; returned columns: "
-            f"{', '.join(columns)}",
-            "select the column in clinical.query or remove it from clinical.variables",
-        )
-    if not names:
-        raise DataError(
-            "the clinical query returns no variable besides the id column",
-            "select the clinical variables (e.g. SELECT mrn, covid, age FROM ...)",
-        )
+    names = _variable_columns(cfg, columns)
     id_pos = columns.index(cfg.id_column)
     var_pos = [columns.index(n) for n in names]
-
     n_rows = len(rows)
     by_key, n_no_id = _key_records(rows, id_pos, var_pos, key)
     del rows  # the raw ids are gone from here on: only pseudonymous keys remain
-
-    n_collapsed, n_conflicting = 0, 0
-    records: list[tuple[str, tuple[Any, ...]]] = []
-    for pkey, recs in by_key.items():
-        distinct = {tuple(_norm(v) for v in r) for r in recs}
-        if len(distinct) > 1:
-            n_conflicting += 1
-        n_collapsed += len(recs) - 1
-        records.append((pkey, recs[0]))
-    if n_conflicting:
-        raise DataError(
-            f"{n_conflicting} patients have more than one differing record in the clinical "
-            "query's result; which record belongs to the images is ambiguous",
-            "make clinical.query return one row per patient (e.g. the visit closest to the "
-            "imaging date, with DISTINCT ON / GROUP BY)",
-        )
-
-    missing_by_var = {n: 0 for n in names}
-    complete: list[tuple[str, tuple[Any, ...]]] = []
-    excluded: set[str] = set()
-    for pkey, rec in records:
-        miss = [n for n, v in zip(names, rec, strict=True) if _is_missing(v)]
-        for n in miss:
-            missing_by_var[n] += 1
-        if miss:
-            excluded.add(pkey)
-        else:
-            complete.append((pkey, rec))
+    records, n_collapsed = _one_record_per_patient(by_key)
+    complete, excluded, missing_by_var = _drop_incomplete(records, names)
     if not complete:
         raise DataError(
             f"no usable clinical record: {n_rows} rows returned, {n_no_id} without an id, "
@@ -214,6 +167,71 @@ def load_clinical(cfg: ClinicalConfig, *, key: bytes) -> ClinicalTable:
         excluded_keys=frozenset(excluded),
         counts=counts,
     )
+
+
+def _variable_columns(cfg: ClinicalConfig, columns: list[str]) -> tuple[str, ...]:
+    """The variables: every result column but the id; checks the id and declared columns."""
+    if cfg.id_column not in columns:
+        raise DataError(
+            f"clinical.id_column '{cfg.id_column}' is not a column of the clinical query's "
+            f"result; available columns: {', '.join(columns) or '(none)'}",
+            "set clinical.id_column to the column holding the DICOM PatientID, or select it "
+            "in clinical.query",
+        )
+    names = tuple(c for c in columns if c != cfg.id_column)
+    missing_decl = [v for v in cfg.variables if v not in names]
+    if missing_decl:
+        raise DataError(
+            f"clinical.variables declares {', '.join(missing_decl)} but the clinical query "
+            f"does not return {'it' if len(missing_decl) == 1 else 'them'}; returned columns: "
+            f"{', '.join(columns)}",
+            "select the column in clinical.query or remove it from clinical.variables",
+        )
+    if not names:
+        raise DataError(
+            "the clinical query returns no variable besides the id column",
+            "select the clinical variables (e.g. SELECT mrn, covid, age FROM ...)",
+        )
+    return names
+
+
+def _one_record_per_patient(
+    by_key: dict[str, list[tuple[Any, ...]]],
+) -> tuple[list[tuple[str, tuple[Any, ...]]], int]:
+    """Collapse identical repeats of a record; refuse patients with differing records."""
+    n_collapsed, n_conflicting = 0, 0
+    records: list[tuple[str, tuple[Any, ...]]] = []
+    for pkey, recs in by_key.items():
+        if len({tuple(_norm(v) for v in r) for r in recs}) > 1:
+            n_conflicting += 1
+        n_collapsed += len(recs) - 1
+        records.append((pkey, recs[0]))
+    if n_conflicting:
+        raise DataError(
+            f"{n_conflicting} patients have more than one differing record in the clinical "
+            "query's result; which record belongs to the images is ambiguous",
+            "make clinical.query return one row per patient (e.g. the visit closest to the "
+            "imaging date, with DISTINCT ON / GROUP BY)",
+        )
+    return records, n_collapsed
+
+
+def _drop_incomplete(
+    records: list[tuple[str, tuple[Any, ...]]], names: Sequence[str]
+) -> tuple[list[tuple[str, tuple[Any, ...]]], set[str], dict[str, int]]:
+    """Split off records with a missing value; count the missing values per variable."""
+    missing_by_var = {n: 0 for n in names}
+    complete: list[tuple[str, tuple[Any, ...]]] = []
+    excluded: set[str] = set()
+    for pkey, rec in records:
+        miss = [n for n, v in zip(names, rec, strict=True) if _is_missing(v)]
+        for n in miss:
+            missing_by_var[n] += 1
+        if miss:
+            excluded.add(pkey)
+        else:
+            complete.append((pkey, rec))
+    return complete, excluded, missing_by_var
 
 
 def _key_records(
@@ -437,6 +455,8 @@ def _encode(
         if numeric:
             lo, hi = sorted(distinct)
             codes = np.asarray([0.0 if x == lo else 1.0 for x in nums])
+            if all(isinstance(v, bool | np.bool_) for v in col):
+                return codes, vtype, ("false", "true")
             return codes, vtype, (_fmt(lo), _fmt(hi))
         labels = _binary_order([_label(v) for v in col])
         return np.asarray([float(labels.index(_label(v))) for v in col]), vtype, labels

@@ -263,3 +263,28 @@ def test_logs_carry_counts_and_names_but_no_patient_data(tmp_path, caplog):
     assert "4 records kept" in text and "covid:binary" in text
     for needle in ("MRN-CANARY", "71.5", "SELECT"):
         assert needle not in text
+
+
+@pytest.mark.postgres
+def test_postgres_native_types(pg_url):
+    eng = sa.create_engine(pg_url)
+    with eng.begin() as conn:
+        conn.execute(
+            sa.text("CREATE TABLE t (mrn INTEGER, flag BOOLEAN, crp NUMERIC(6, 2), seen DATE)")
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO t VALUES (1, true, 1.5, '2020-01-01'), (2, false, 2.25, "
+                "'2020-01-02'), (3, true, 3.0, '2020-01-03')"
+            )
+        )
+    eng.dispose()
+    cfg = ClinicalConfig(url=pg_url, query="SELECT mrn, flag, crp FROM t", id_column="mrn")
+    table = load_clinical(cfg, key=KEY)
+    assert table.u_types == ("binary", "continuous")
+    assert table.levels["flag"] == ("false", "true")
+    np.testing.assert_allclose(table.values, [[1, 1.5], [0, 2.25], [1, 3.0]])
+    assert table.patient_keys[0] == patient_key(KEY, "1")  # integer ids hash as their text
+    dates = cfg.model_copy(update={"query": "SELECT mrn, seen FROM t"})
+    with pytest.raises(DataError, match="'seen' holds non-numeric values"):
+        load_clinical(dates, key=KEY)
