@@ -62,6 +62,38 @@ def test_models_and_migrations_agree(results_url):
     finally:
         eng.dispose()
     assert diff == [], f"models and migrations differ; write a migration: {diff}"
+    # the comparison is not vacuous: a column the migrations lack is reported
+    changed = sa.MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["cmcl_runs"].append_column(sa.Column("extra", sa.Integer()))
+    eng = open_results(results_url, migrate=False)
+    try:
+        with eng.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            diff = compare_metadata(ctx, changed)
+    finally:
+        eng.dispose()
+    assert [d[0] for d in diff] == ["add_column"]
+
+
+def test_downgrade_to_base_and_back(results_url):
+    from alembic import command
+
+    from db.engine import _alembic_config
+
+    eng = open_results(results_url)
+    try:
+        with eng.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        assert not TABLES & set(sa.inspect(eng).get_table_names())
+        assert current_revision(eng) is None
+        assert apply_migrations(eng) == head_revision()
+        assert TABLES <= set(sa.inspect(eng).get_table_names())
+    finally:
+        eng.dispose()
 
 
 def test_sqlite_pragmas_and_savepoint(sqlite_url, tmp_path):
@@ -125,6 +157,15 @@ def test_read_only_sqlite_file_is_refused(tmp_path):
             open_results(f"sqlite:///{path}")
     finally:
         path.chmod(0o644)
+
+
+def test_unwritable_sqlite_file_is_refused_before_opening(tmp_path, monkeypatch):
+    """The read-only check itself (the test above skips when run as root)."""
+    import db.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod.os, "access", lambda path, mode: False)
+    with pytest.raises(ResultsDatabaseError, match="read-only"):
+        open_results(f"sqlite:///{tmp_path / 'results.db'}")
 
 
 def test_uncreatable_sqlite_folder_is_clear(tmp_path):
