@@ -36,6 +36,23 @@ def latest_run(engine: sa.Engine, status: str | None = "succeeded") -> dict[str,
     return rows[0] if rows else None
 
 
+def find_run(
+    engine: sa.Engine, *, data_fingerprint: str, status: str | None = "succeeded"
+) -> dict[str, Any] | None:
+    """The newest run over the same input data (e.g. to skip an identical re-run), or None.
+
+    Args:
+        data_fingerprint: the sha256 the pipeline stored with ``start_run``/``finish_run``.
+        status: only runs with this status; None for any.
+    """
+    runs = Run.__table__
+    q = sa.select(runs).where(runs.c.data_fingerprint == data_fingerprint)
+    if status is not None:
+        q = q.where(runs.c.status == status)
+    rows = _rows(engine, "find a run", q.order_by(runs.c.id.desc()).limit(1))
+    return rows[0] if rows else None
+
+
 def list_runs(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     """The newest runs first (id, status, timings, counts, device, error; no config)."""
     runs = Run.__table__

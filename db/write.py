@@ -92,7 +92,8 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
     A re-upserted row keeps ``first_seen_at`` and gets a new ``last_seen_at``. Each file ends
     in exactly one table: its ``file_key`` is removed from the quarantine, and a catalog row
     that held the same ``file_key`` under another image (the file was replaced in place) is
-    dropped.
+    dropped. An ``image_key`` already catalogued under another ``file_key`` moves to the new
+    file (a renamed file); quarantining true duplicate instances is the caller's job.
 
     Args:
         engine: results engine from ``open_results``.

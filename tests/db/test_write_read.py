@@ -215,7 +215,12 @@ def test_mark_stale_runs_and_heartbeat(engine):
     old = write.start_run(engine, config={}, code_version="t")
     fresh = write.start_run(engine, config={}, code_version="t")
     done = write.start_run(engine, config={}, code_version="t")
-    write.finish_run(engine, done, status="succeeded", n_images=3, n_patients=2)
+    write.finish_run(
+        engine, done, status="succeeded", n_images=3, n_patients=2, data_fingerprint=key("d")
+    )
+    assert read.find_run(engine, data_fingerprint=key("d"))["id"] == done
+    assert read.find_run(engine, data_fingerprint=key("other")) is None
+    assert [r["id"] for r in read.list_runs(engine)] == [done, fresh, old]
     runs = Run.__table__
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     with engine.begin() as conn:
