@@ -125,6 +125,7 @@ _MIN_PHI_LEN = 3  # shorter tokens ("M", "12") would redact ordinary text
 # DICOM UIDs (1.2.840.x.y...), ISO/US dates of birth written as 8 digits, e-mail addresses
 _UID_RE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 _EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+_NAME_PARTS = re.compile(r"[\^=\s,]+")
 REDACTED = "[REDACTED]"
 
 
@@ -135,13 +136,14 @@ def register_phi(values: Iterable[object]) -> None:
     Values shorter than three characters are ignored.
     """
     for v in values:
-        if v is None:
+        s = str(v).strip() if v is not None else ""
+        if len(s) < _MIN_PHI_LEN:
             continue
-        s = str(v).strip()
-        parts = {s, *re.split(r"[\^=\s,]+", s)}
-        for p in parts:
-            if len(p) >= _MIN_PHI_LEN:
-                _REGISTRY.add(p)
+        _REGISTRY.add(s)
+        if "^" in s or " " in s:
+            for p in _NAME_PARTS.split(s):
+                if len(p) >= _MIN_PHI_LEN:
+                    _REGISTRY.add(p)
 
 
 def clear_phi_registry() -> None:

@@ -34,26 +34,16 @@ from pipeline import deid
 logger = logging.getLogger(__name__)
 
 ACCEPTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
-# Elements whose values identify a patient, staff or institution: registered with the log
-# filter as soon as a file is read (PS3.15 Annex E, a subset that can plausibly reach a log).
+# Elements whose values identify a patient or institution and plausibly reach a log line:
+# registered with the log filter of this process as soon as a file is read (a subset of
+# PS3.15 Annex E; UIDs are caught by the filter's pattern instead).
 _PHI_ELEMENTS = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
-    "OtherPatientIDs",
     "AccessionNumber",
     "InstitutionName",
-    "InstitutionAddress",
     "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "StationName",
-    "DeviceSerialNumber",
-    "StudyID",
-    "SOPInstanceUID",
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "FrameOfReferenceUID",
 )
 
 
@@ -193,9 +183,12 @@ def _expected_native_bytes(ds: Dataset) -> int:
     return (n + 7) // 8 if bits == 1 else n * (bits // 8)
 
 
-def inspect_bytes(data: bytes, fkey: str, settings: InspectSettings) -> FileOutcome:
-    """:func:`inspect_file` on content already read (``fkey`` = the file's key)."""
-    digest = sha256_bytes(data)
+def inspect_bytes(
+    data: bytes, fkey: str, settings: InspectSettings, digest: str | None = None
+) -> FileOutcome:
+    """:func:`inspect_file` on content already read (``fkey`` = the file's key; ``digest`` =
+    its SHA-256 when the caller has computed it)."""
+    digest = digest or sha256_bytes(data)
 
     def quarantine(reason: Reason, detail: str) -> Quarantined:
         return Quarantined(fkey, digest, reason, detail)

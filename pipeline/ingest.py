@@ -192,7 +192,7 @@ def _process(task: _Task) -> _Done:
         ckey = cache.key(digest, _STATE.spec)
         if task.known_cache_key == ckey and ckey in cache:
             return _Done(_Unchanged(task.file_key))
-    outcome = inspect_bytes(data, task.file_key, _STATE.settings)
+    outcome = inspect_bytes(data, task.file_key, _STATE.settings, digest)
     del data
     if not isinstance(outcome, Accepted) or outcome.modality == "MR":
         return _Done(outcome.light() if isinstance(outcome, Accepted) else outcome)
