@@ -199,7 +199,7 @@ def make_synthetic_cohort(
     Raises:
         ConfigError: inconsistent arguments or an unusable ``out_dir``.
     """
-    d, m, n_edges = _graph(setting, d, m, n_edges)
+    setting, d, m, n_edges = _graph(setting, d, m, n_edges)
     n_orphan = max(1, n_patients // 50) if orphans else 0
     n_special = 2 * n_orphan + missing_values + mr_patients
     if n_patients < n_special + 4:
@@ -334,15 +334,18 @@ def true_latents(out_dir: Path, *, key: bytes, image_keys: Sequence[str]) -> np.
 
 def _graph(
     setting: str | None, d: int | None, m: int | None, n_edges: int | None
-) -> tuple[int, int, int]:
+) -> tuple[str | None, int, int, int]:
+    """The effective (setting, d, m, n_edges): an explicit graph overrides the setting (which
+    is then kept only when it names the same graph)."""
     if d is not None and m is not None and n_edges is not None:
-        return d, m, n_edges
+        same = setting is not None and GRAPH_SETTINGS.get(setting) == (d, m, n_edges)
+        return (setting if same else None), d, m, n_edges
     if setting is None or setting not in GRAPH_SETTINGS:
         raise ConfigError(
             f"unknown graph setting {setting!r}",
             f"use one of {', '.join(GRAPH_SETTINGS)} or give d, m and n_edges",
         )
-    return GRAPH_SETTINGS[setting]
+    return (setting, *GRAPH_SETTINGS[setting])
 
 
 def _variable_names(d: int, n_binary: int, var_names: Sequence[str] | None) -> tuple[str, ...]:

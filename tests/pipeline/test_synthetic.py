@@ -271,7 +271,6 @@ def test_regenerates_its_own_folder_and_explicit_graph(tmp_path):
         out,
         n_patients=20,
         workers=1,
-        setting=None,
         d=2,
         m=3,
         n_edges=2,
@@ -281,6 +280,8 @@ def test_regenerates_its_own_folder_and_explicit_graph(tmp_path):
     )
     assert (out / "results.db").read_bytes() == b"kept"
     assert info.u_names == ("a", "b") and info.u_types == ("continuous", "continuous")
+    truth = json.loads(info.truth_path.read_text())
+    assert truth["setting"] is None and (truth["d"], truth["m"], truth["n_edges"]) == (2, 3, 2)
     assert len(_files(info.dicom_dir)) == info.expected["files_total"]
     assert info.expected["files_quarantined"] == 0
 
