@@ -63,6 +63,7 @@ PREPROCESS_VERSION = "1"
 
 _MRI_REDUCTIONS = ("middle", "mip")
 _PERCENTILE_SAMPLE = 8192  # pixels used to estimate the robust percentiles
+_ONLY_IMAGES = "only image objects (CR, DX, MR, ...) are preprocessed; exclude the file"
 _GEOMETRY_TAGS = (0x00200037, 0x00200032, 0x00280030)  # IOP, IPP, PixelSpacing
 
 
@@ -360,6 +361,10 @@ def decode_modality(ds: pydicom.Dataset) -> np.ndarray:
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise UnsupportedImageError("no_pixel_data", "the DICOM object has no pixel data")
+    if "SegmentSequence" in ds:  # MONAI's reader would decode it as a label map
+        raise UnsupportedImageError(
+            "unsupported_modality", "a segmentation object (SEG) is not an image", _ONLY_IMAGES
+        )
     with warnings.catch_warnings():  # missing-geometry warnings; pydicom may quote raw values
         warnings.simplefilter("ignore")
         arr, _meta = _DatasetReader().get_data(ds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -260,3 +261,35 @@ def test_spec_validation_and_config():
 
     spec = PreprocessSpec.from_config(DicomConfig(source=".", image_size=32, mri_reduction="mip"))
     assert (spec.image_size, spec.mri_reduction) == (32, "mip")
+
+
+@pytest.mark.slow
+def test_pydicom_corpus_preprocesses_or_is_refused():
+    """Every decodable image in pydicom's shipped test files gives a valid [1, S, S] array
+    in [0, 1] or an UnsupportedImageError with a reason code; nothing else escapes."""
+    import os
+    import warnings
+
+    from pydicom.data import get_testdata_file
+
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    spec = PreprocessSpec(image_size=32)
+    outcomes = {"ok": 0, "refused": 0}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+                ds.pixel_array  # noqa: B018 - only decodable images are this test's subject
+        except Exception:  # noqa: BLE001 - undecodable files are the ingest's quarantine
+            continue
+        try:
+            out = preprocess_dataset(ds, spec)
+        except UnsupportedImageError as err:
+            assert err.reason in {"unsupported_photometric", "unsupported_modality"}, path.name
+            outcomes["refused"] += 1
+            continue
+        assert out.shape == (1, 32, 32) and out.dtype == np.float32, os.fspath(path.name)
+        assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, path.name
+        outcomes["ok"] += 1
+    assert outcomes["ok"] >= 40 and outcomes["refused"] >= 1
