@@ -1,31 +1,34 @@
 """Write helpers: idempotent catalog upserts, run life cycle, all-or-nothing run results.
 
-All writes go through Core ``insert``/``update`` with executemany batches (psycopg 3
-pipelines them; sqlite3 runs them in C), not ORM unit-of-work objects: ~100k latent rows take
-seconds (see benchmarks/db_write.py). On SQLite every write transaction starts with
-``BEGIN IMMEDIATE`` so a concurrent writer waits for the busy timeout instead of failing.
-Upserts dispatch on the dialect to ``INSERT ... ON CONFLICT DO UPDATE`` (SQLAlchemy has no
-backend-neutral upsert). Errors surface as ``db.errors.ResultsDatabaseError`` without any
-bound value in the message.
+All writes go through Core statements in executemany batches (and COPY for latents on
+PostgreSQL; see db/bulk.py), not ORM unit-of-work objects: 100k latent rows take seconds of
+CPU (benchmarks/db_write.py). Errors surface as ``db.errors.ResultsDatabaseError`` without
+any bound value in the message.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
-from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from db.engine import SQLITE_BEGIN_OPTION, translate_errors
+from db.bulk import (
+    CHUNK,
+    LATENT_CHUNK,
+    MAX_IN_LIST,
+    chunks,
+    insert_latents,
+    latent_dicts,
+    upsert,
+    write_tx,
+)
 from db.models import Artifact, Edge, Image, Latent, Quarantine, Run, RunVariable, utcnow
 from db.records import (
     ArtifactRow,
@@ -39,49 +42,8 @@ from db.records import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-#: rows per executemany batch; bounds memory for streamed iterables (not a bind limit:
-#: executemany binds one row per statement, so SQLite's 32766-parameter cap never applies)
-CHUNK = 2000
-LATENT_CHUNK = 10000
-#: an IN (...) list binds one parameter per key; SQLite builds since 3.32 allow 32766
-MAX_IN_LIST = 30000
 _FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CRASHED)
 _MAX_ERROR = 4000
-
-
-def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    it = iter(rows)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
-@contextmanager
-def _write(engine: sa.Engine, what: str) -> Iterator[sa.Connection]:
-    """One write transaction (BEGIN IMMEDIATE on SQLite), errors translated."""
-    with translate_errors(engine, what), engine.connect() as conn:
-        conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-        with conn.begin():
-            yield conn
-
-
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT construct, which offers ``on_conflict_do_update``."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"upserts support SQLite and PostgreSQL, not {conn.dialect.name}")
-
-
-def _upsert(
-    conn: sa.Connection, table: sa.Table, key: list[str], rows: list[dict[str, Any]], keep: set[str]
-) -> None:
-    """INSERT rows; on a conflict on ``key`` update every column except ``key`` and ``keep``."""
-    stmt = _insert(conn, table)
-    update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in {*key, *keep}}
-    conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=update), rows)
-
 
 # --- catalog and quarantine -----------------------------------------------------------------
 
@@ -105,8 +67,8 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
     """
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
-    with _write(engine, "update the image catalog") as conn:
-        for batch in _chunks(rows, min(chunk_size, MAX_IN_LIST)):
+    with write_tx(engine, "update the image catalog") as conn:
+        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
             now = utcnow()
             data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
             file_keys = [d["file_key"] for d in data]
@@ -119,7 +81,7 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
                 ),
                 [{"fk": d["file_key"], "ik": d["image_key"]} for d in data],
             )
-            _upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
+            upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
             n += len(data)
     return n
 
@@ -136,14 +98,14 @@ def upsert_quarantine(
     """
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
-    with _write(engine, "update the quarantine") as conn:
-        for batch in _chunks(rows, min(chunk_size, MAX_IN_LIST)):
+    with write_tx(engine, "update the quarantine") as conn:
+        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
             now = utcnow()
             data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
             conn.execute(
                 sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data]))
             )
-            _upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
+            upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
             n += len(data)
     return n
 
@@ -152,8 +114,8 @@ def remove_quarantine(engine: sa.Engine, file_keys: Iterable[str]) -> int:
     """Delete quarantine rows (e.g. files that were fixed or deleted); returns rows removed."""
     table = Quarantine.__table__
     n = 0
-    with _write(engine, "update the quarantine") as conn:
-        for batch in _chunks(file_keys, CHUNK):
+    with write_tx(engine, "update the quarantine") as conn:
+        for batch in chunks(file_keys, CHUNK):
             n += conn.execute(sa.delete(table).where(table.c.file_key.in_(batch))).rowcount
     return n
 
@@ -162,8 +124,8 @@ def remove_images(engine: sa.Engine, file_keys: Iterable[str]) -> int:
     """Delete catalog rows by file (files that disappeared from the source); returns rows."""
     table = Image.__table__
     n = 0
-    with _write(engine, "update the image catalog") as conn:
-        for batch in _chunks(file_keys, CHUNK):
+    with write_tx(engine, "update the image catalog") as conn:
+        for batch in chunks(file_keys, CHUNK):
             n += conn.execute(sa.delete(table).where(table.c.file_key.in_(batch))).rowcount
     return n
 
@@ -214,7 +176,7 @@ def start_run(
         data_fingerprint=data_fingerprint,
         device=device,
     )
-    with _write(engine, "record a new run") as conn:
+    with write_tx(engine, "record a new run") as conn:
         run_id = conn.execute(sa.insert(Run.__table__).values(**values)).inserted_primary_key[0]
     log.info("started run %s", run_id)
     return int(run_id)
@@ -223,7 +185,7 @@ def start_run(
 def heartbeat(engine: sa.Engine, run_id: int) -> None:
     """Mark a running run alive now (call every minute or so from a long task)."""
     runs = Run.__table__
-    with _write(engine, f"update run {run_id}") as conn:
+    with write_tx(engine, f"update run {run_id}") as conn:
         res = conn.execute(
             sa.update(runs)
             .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
@@ -270,7 +232,7 @@ def finish_run(
     )
     values |= {k: v for k, v in optional.items() if v is not None}
     runs = Run.__table__
-    with _write(engine, f"finish run {run_id}") as conn:
+    with write_tx(engine, f"finish run {run_id}") as conn:
         res = conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
         if res.rowcount != 1:
             raise ValueError(f"run {run_id} does not exist in the results database")
@@ -315,7 +277,7 @@ def mark_stale_runs(engine: sa.Engine, older_than_s: float) -> int:
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_s)
     last_alive = sa.func.coalesce(runs.c.heartbeat_at, runs.c.started_at)
-    with _write(engine, "mark stale runs") as conn:
+    with write_tx(engine, "mark stale runs") as conn:
         res = conn.execute(
             sa.update(runs)
             .where(runs.c.status == RunStatus.RUNNING.value, last_alive < cutoff)
@@ -331,94 +293,6 @@ def mark_stale_runs(engine: sa.Engine, older_than_s: float) -> int:
 
 
 # --- run results ----------------------------------------------------------------------------
-
-
-def _z_list(z: Any, i: int, m: int | None) -> list[float]:
-    vals = z.tolist() if hasattr(z, "tolist") else list(z)
-    out = list(map(float, vals))
-    if m is not None and len(out) != m:
-        raise ValueError(f"latent row {i}: z has {len(out)} values, expected m = {m}")
-    if not all(map(math.isfinite, out)):
-        raise ValueError(f"latent row {i}: z contains NaN or infinity; refusing to store it")
-    return out
-
-
-def _insert_latents(
-    conn: sa.Connection, run_id: int, latents: Iterable[LatentRow], m: int | None, scored: bool
-) -> tuple[int, int | None]:
-    """Insert latents in executemany batches (plain INSERT); returns (rows, m)."""
-    n = 0
-    for batch in _chunks(latents, LATENT_CHUNK):
-        data, m = _latent_dicts(batch, run_id, n, m, scored)
-        if conn.dialect.name == "postgresql":
-            _copy_latents_pg(conn, data)
-        elif conn.dialect.name == "sqlite":
-            _insert_latents_sqlite(conn, data)
-        else:
-            conn.execute(sa.insert(Latent.__table__), data)
-        n += len(data)
-    return n, m
-
-
-_INSERT_LATENTS = (
-    "INSERT INTO cmcl_latents (run_id, image_key, patient_key, z, scored) VALUES (?, ?, ?, ?, ?)"
-)
-
-
-def _insert_latents_sqlite(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
-    """executemany straight to sqlite3 with z pre-encoded as JSON text.
-
-    Skips SQLAlchemy's per-row bind processing (about half the CPU time for 100k rows);
-    ``repr`` of a finite float is valid JSON and parses back to the same double. The
-    statement still runs on the SQLAlchemy connection, so errors hide their parameters.
-    """
-    rows = []
-    for d in data:
-        z = f"[{','.join(map(repr, d['z']))}]"
-        rows.append((d["run_id"], d["image_key"], d["patient_key"], z, int(d["scored"])))
-    conn.exec_driver_sql(_INSERT_LATENTS, rows)
-
-
-_COPY_LATENTS = "COPY cmcl_latents (run_id, image_key, patient_key, z, scored) FROM STDIN"
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_latents_pg(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
-    """Bulk-load latents with PostgreSQL COPY (text format) inside the open transaction.
-
-    psycopg's executemany dumps each FLOAT8[] through a Python-level list dumper (~4x slower
-    for 100k rows); COPY is the documented bulk path. ``repr`` of a finite float is the
-    shortest string that parses back to the same double, so z round-trips exactly.
-    """
-    import psycopg
-
-    lines = [
-        f"{d['run_id']}\t{d['image_key'].translate(_COPY_ESCAPES)}\t"
-        f"{d['patient_key'].translate(_COPY_ESCAPES)}\t{{{','.join(map(repr, d['z']))}}}\t"
-        f"{'t' if d['scored'] else 'f'}\n"
-        for d in data
-    ]
-    raw = conn.connection.driver_connection
-    try:
-        with raw.cursor() as cur, cur.copy(_COPY_LATENTS) as copy:
-            copy.write("".join(lines))
-    except psycopg.Error as err:  # not wrapped by SQLAlchemy: give it SQLAlchemy's type
-        raise sa.exc.DBAPIError.instance(
-            _COPY_LATENTS, None, err, psycopg.Error, hide_parameters=True, dialect=conn.dialect
-        ) from None
-
-
-def _latent_dicts(
-    batch: list[LatentRow], run_id: int, start: int, m: int | None, scored: bool
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Validated row dicts for a batch of latents; fixes m from the first row if unset."""
-    data = []
-    for i, r in enumerate(batch, start):
-        z = _z_list(r.z, i, m)
-        m = len(z) if m is None else m
-        row = {"run_id": run_id, "image_key": r.image_key, "patient_key": r.patient_key}
-        data.append(row | {"z": z, "scored": scored})
-    return data, m
 
 
 def _lock_run(conn: sa.Connection, run_id: int) -> None:
@@ -464,7 +338,7 @@ def write_run_results(
     n_latent_vars = sum(1 for v in variables if v.kind == "latent")
     m_expected = n_latent_vars or None
     now = utcnow()
-    with _write(engine, f"write the results of run {run_id}") as conn:
+    with write_tx(engine, f"write the results of run {run_id}") as conn:
         _lock_run(conn, run_id)
         for model in (Edge, Latent, RunVariable, Artifact):
             t = model.__table__
@@ -482,7 +356,7 @@ def write_run_results(
                 sa.insert(Artifact.__table__),
                 [asdict(a) | {"run_id": run_id, "created_at": now} for a in artifacts],
             )
-        n, m = _insert_latents(conn, run_id, latents, m_expected, scored=False)
+        n, m = insert_latents(conn, run_id, latents, m_expected, scored=False)
         values: dict[str, Any] = {"status": RunStatus.SUCCEEDED.value, "finished_at": utcnow()}
         if metrics is not None:
             values["metrics"] = metrics
@@ -506,14 +380,14 @@ def write_latents(
     """
     table = Latent.__table__
     n = 0
-    with _write(engine, f"write latents of run {run_id}") as conn:
+    with write_tx(engine, f"write latents of run {run_id}") as conn:
         _lock_run(conn, run_id)
         first = conn.execute(sa.select(table.c.z).where(table.c.run_id == run_id).limit(1))
         row = first.first()
         m = None if row is None else len(row[0])
-        for batch in _chunks(latents, LATENT_CHUNK):
-            data, m = _latent_dicts(batch, run_id, n, m, scored)
-            _upsert(conn, table, ["run_id", "image_key"], data, keep=set())
+        for batch in chunks(latents, LATENT_CHUNK):
+            data, m = latent_dicts(batch, run_id, n, m, scored)
+            upsert(conn, table, ["run_id", "image_key"], data, keep=set())
             n += len(data)
     log.info("run %s: wrote %d scored latents", run_id, n)
     return n
