@@ -291,3 +291,16 @@ def test_keep_alive_advances_heartbeat(sqlite_url):
         assert read.get_run(eng, run_id)["heartbeat_at"] > first
     finally:
         eng.dispose()
+
+
+def test_failing_row_detail_never_reaches_the_message(engine):
+    """PostgreSQL's DETAIL ("Failing row contains (...)") would quote the patient_key."""
+    import traceback
+
+    bad = image(0, modality=None, patient_key=CANARY)  # NOT NULL violation
+    with pytest.raises(ResultsIntegrityError) as info:
+        write.upsert_images(engine, [bad])
+    printed = "".join(traceback.format_exception(info.value))
+    assert CANARY not in str(info.value) and CANARY not in printed
+    assert "cmcl_images" in str(info.value) or "modality" in str(info.value)
+    assert count(engine, "cmcl_images") == 0
