@@ -74,7 +74,8 @@ class IngestResult:
         catalogued: Accepted files written (new or changed) in this scan.
         unchanged: Files already catalogued with the same content and a valid cached array.
         quarantined: Count per reason code of the files rejected in this scan.
-        images: Every current training unit (new and unchanged), in file order.
+        images: Every current training unit (new and unchanged): CR/DX instances in file
+            order, then MR series in series-key order.
         seconds: Wall time of the scan.
     """
 
@@ -535,7 +536,8 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
             if progress is not None:
                 progress(done, total)
         writer.flush()
-        catalogued += _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images)
+        new, moved = _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images)
+        catalogued, unchanged = catalogued + new, unchanged - moved
         writer.flush()
     finally:
         if executor is not None:
@@ -557,8 +559,13 @@ def _series_job(job: tuple[list[str], str]) -> tuple[Reason, str] | None:
     return _preprocess_series(*job)
 
 
-def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) -> int:
-    """Preprocess each changed MR series once; write its instance rows. Returns rows written."""
+def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) -> tuple[int, int]:
+    """Preprocess each changed MR series once and write its instance rows.
+
+    Returns:
+        (new or changed instances catalogued, unchanged instances quarantined because their
+        series could not be built any more).
+    """
     from db.records import ImageRow
 
     jobs: list[tuple[str, str, list[_MrMember]]] = []  # (group, cache key, members)
@@ -572,12 +579,13 @@ def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) ->
         jobs.append((group, skey, members if stale or skey not in cache else []))
     todo = [([m.path for m in ms], skey) for _, skey, ms in jobs if ms]
     errors = iter(_ordered_map(_series_job, iter(todo), executor, 4))
-    written = 0
+    written = moved = 0
     for group, skey, rewrite in jobs:
         members = rewrite or sorted(series[group], key=lambda m: m.image_key)
         if rewrite and (failed := next(errors)) is not None:
             for m in rewrite:  # the whole series leaves the catalog: one table per file
                 reasons[failed[0].value] += 1
+                moved += m.accepted is None
                 writer.reject(Quarantined(m.file_key, m.content_sha256, *failed))
             continue
         for m in rewrite:
@@ -589,7 +597,7 @@ def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) ->
                 writer.image(ImageRow(**{**row, "cache_key": skey, "n_slices": len(rewrite)}))
         rep = members[0]
         images.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))
-    return written
+    return written, moved
 
 
 # --- the `cmcl ingest` command --------------------------------------------------------------

@@ -273,3 +273,18 @@ def test_cli_ingest_summary_and_exit_codes(tmp_path, sqlite_url, monkeypatch):
     down = _write_config(tmp_path, src, "postgresql://nobody@127.0.0.1:1/none")
     res = runner.invoke(app, ["ingest", "--config", str(down)])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_an_mr_series_that_is_not_one_volume_is_quarantined_whole(tmp_path, sqlite_url):
+    src = tmp_path / "src"
+    s = UIDs()
+    for z, rows in enumerate((32, 32, 48)):  # the last slice has another size
+        uids = UIDs(series=s.series, study=s.study)
+        write_dicom(src / f"s{z}.dcm", modality="MR", rows=rows, slice_position=z, uids=uids)
+    write_dicom(src / "cr.dcm", modality="CR")
+    result = ingest(_cfg(src, sqlite_url, tmp_path), key=KEY)
+    assert result.quarantined == {"inconsistent_series": 3}
+    assert result.catalogued == 1 and [im.modality for im in result.images] == ["CR"]
+    assert _table_counts(sqlite_url) == (1, 3)
+    again = ingest(_cfg(src, sqlite_url, tmp_path), key=KEY)
+    assert (again.catalogued, again.unchanged, again.n_quarantined) == (0, 4, 0)
