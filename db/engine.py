@@ -34,7 +34,8 @@ from db.errors import ResultsDatabaseError, ResultsIntegrityError
 
 log = logging.getLogger(__name__)
 
-VERSION_TABLE = "cmcl_alembic_version"  # also in db/migrations/env.py
+#: prefixed: the results database may be shared with other applications' Alembic tables
+VERSION_TABLE = "cmcl_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 10
 #: alembic's ``context`` is a process-global proxy: one migration at a time per process

@@ -12,9 +12,8 @@ import os
 
 from alembic import context
 
+from db.engine import VERSION_TABLE
 from db.models import Base
-
-VERSION_TABLE = "cmcl_alembic_version"  # prefixed: the results DB may be shared with other apps
 
 config = context.config
 
