@@ -150,9 +150,8 @@ class DisplayParams:
             UnsupportedImageError: colour or unknown photometric interpretation.
         """
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(
-            ds.get("SamplesPerPixel", 1) or 1
-        ) not in (1,):
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
             raise UnsupportedImageError(
                 "unsupported_photometric",
                 f"photometric interpretation {photometric!r} is not greyscale",
@@ -214,10 +213,14 @@ def voi_range(
     if params.voi_lut is not None:
         from pydicom.pixels import apply_voi
 
-        bits = int(params.voi_lut.VOILUTSequence[0].LUTDescriptor[2])
+        entries, first, _bits = (int(v) for v in params.voi_lut.VOILUTSequence[0].LUTDescriptor)
+        # the LUT's own output range maps to [0, 1]: its nominal bit depth (3rd descriptor
+        # value) is known to overstate the data (16 declared, 12 used) in vendors' files
+        domain = np.arange(first, first + (entries or 65536))  # [entries] every mapped input
+        lut = apply_voi(domain, params.voi_lut)  # [entries] the LUT itself
         # the LUT maps integer modality values; those stay exact through float32
         x = apply_voi(np.rint(x).astype(np.int64), params.voi_lut).astype(np.float32)
-        return x, 0.0, float(2**bits - 1)
+        return x, float(lut.min()), float(lut.max())
     if params.window is not None:
         c, w = params.window
         if params.voi_function == "SIGMOID":  # PS3.3 C.11.2.1.3.1

@@ -116,11 +116,12 @@ def test_rescale_applied_exactly_once(pixels):
     np.testing.assert_array_equal(modality, square.astype(np.float32) * 2 - 1024)
 
 
-def test_voi_lut_sequence(pixels):
+@pytest.mark.parametrize("declared_bits", [12, 16])  # 16 declared over 12-bit data happens
+def test_voi_lut_sequence(pixels, declared_bits):
     square = pixels[:80, :80]
     ds = _ds(square, WindowCenter=100, WindowWidth=10)  # the LUT takes precedence
     item = Dataset()
-    item.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: entries, first, bits
+    item.add_new(0x00283002, "US", [4096, 0, declared_bits])  # LUT Descriptor: entries, first, bits
     lut = np.sqrt(np.arange(4096) / 4095) * 4095
     item.add_new(0x00283006, "US", [int(v) for v in lut])  # LUT Data
     ds.VOILUTSequence = Sequence([item])
