@@ -224,7 +224,9 @@ def voi_range(
     if params.window is not None:
         c, w = params.window
         if params.voi_function == "SIGMOID":  # PS3.3 C.11.2.1.3.1
-            return (1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))).astype(np.float32), 0.0, 1.0
+            with np.errstate(over="ignore"):  # exp -> inf far below the centre gives 0
+                y = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+            return y.astype(np.float32), 0.0, 1.0
         if params.voi_function == "LINEAR_EXACT":  # PS3.3 C.11.2.1.3.2
             return x, c - w / 2, c + w / 2
         # LINEAR, PS3.3 C.11.2.1.2.1: the ramp spans [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2]
