@@ -110,6 +110,11 @@ def test_quarantine_upsert_counts_and_exactly_one_table(engine):
     write.upsert_images(engine, [image(1)])
     write.upsert_images(engine, [image(2, file_key=image(1).file_key)])
     assert [r["image_key"] for r in read.read_catalog(engine)] == [image(2).image_key]
+    assert write.remove_images(engine, [image(1).file_key]) == 1
+    assert read.read_catalog(engine) == []
+    q = read.read_quarantine(engine)
+    assert [r["reason"] for r in q] == ["truncated"] * 3 and q[0]["detail"] == "too short"
+    assert set(read.quarantine_file_hashes(engine)) == {key(f"bad{i}") for i in (1, 2, 3)}
 
 
 def test_run_life_cycle_and_results_round_trip(engine):
