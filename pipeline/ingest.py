@@ -25,25 +25,22 @@ in exactly one of the two tables. Files and folders whose name starts with "." a
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import deid
+from pipeline import ingest_worker as worker
 from pipeline.config import Config, expand_env
 from pipeline.dicom_files import (
     Accepted,
     InspectSettings,
     Quarantined,
     Reason,
-    inspect_bytes,
-    read_bytes,
     sha256_bytes,
 )
 from pipeline.errors import ConfigError, DatabaseUnavailable
@@ -103,141 +100,8 @@ class _CatalogEntry:
     row: dict | None = None  # MR only: the catalog row, rewritten when its series changes
 
 
-@dataclass(frozen=True)
-class _Task:
-    path: str
-    file_key: str
-    known_sha256: str | None = None
-    known_cache_key: str | None = None
-    known_modality: str | None = None
-    known_bad_sha256: str | None = None  # quarantined before with this content: skip it
-
-
 # Reasons that depend on the config or on other files: such files are re-validated each scan.
 RECHECK = frozenset({"unsupported_modality", "burned_in_annotation", "duplicate_instance"})
-
-
-@dataclass(frozen=True)
-class _Unchanged:
-    file_key: str
-
-
-@dataclass(frozen=True)
-class _Done:
-    outcome: Accepted | Quarantined | _Unchanged
-    cache_key: str | None = None  # CR/DX accepted: the preprocessed array's key
-
-
-# --- worker side ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _WorkerState:
-    settings: InspectSettings
-    spec: object  # pipeline.preprocess.PreprocessSpec
-    cache_root: Path
-
-
-_STATE: _WorkerState | None = None
-
-
-def _init_worker(state: _WorkerState, subprocess: bool) -> None:
-    """Per-process set-up: remember the settings; route warnings through the PHI filter."""
-    global _STATE
-    _STATE = state
-    if subprocess:
-        handler = logging.StreamHandler()
-        handler.setLevel(logging.WARNING)
-        handler.addFilter(deid.PhiLogFilter())
-        logging.getLogger().handlers[:] = [handler]
-        import torch
-
-        torch.set_num_threads(1)  # one process per core already; avoid oversubscription
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """``fork`` while this process has a single thread (workers inherit the imported torch and
-    MONAI for free); otherwise ``forkserver`` (forking a multi-threaded process, e.g. inside a
-    Prefect flow, can copy a held lock), preloading the modules the workers need."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pipeline.ingest", "pipeline.preprocess", "pipeline.mri"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def _cache():
-    from pipeline.cache import PreprocessCache
-
-    assert _STATE is not None
-    return PreprocessCache(_STATE.cache_root)
-
-
-def _process(task: _Task) -> _Done:
-    from pipeline.preprocess import preprocess_dataset
-
-    assert _STATE is not None
-    data = read_bytes(Path(task.path), task.file_key)
-    if isinstance(data, Quarantined):
-        return _Done(data)
-    cache = _cache()
-    digest = sha256_bytes(data)
-    if task.known_bad_sha256 == digest:
-        return _Done(_Unchanged(task.file_key))
-    if task.known_sha256 == digest:
-        if task.known_modality == "MR":  # the series pass checks the series' cached array
-            return _Done(_Unchanged(task.file_key))
-        ckey = cache.key(digest, _STATE.spec)
-        if task.known_cache_key == ckey and ckey in cache:
-            return _Done(_Unchanged(task.file_key))
-    outcome = inspect_bytes(data, task.file_key, _STATE.settings, digest)
-    del data
-    if not isinstance(outcome, Accepted) or outcome.modality == "MR":
-        return _Done(outcome.light() if isinstance(outcome, Accepted) else outcome)
-    ckey = cache.key(outcome.content_sha256, _STATE.spec)
-    try:
-        if ckey not in cache:
-            cache.put(ckey, preprocess_dataset(outcome.dataset, _STATE.spec))  # [1, S, S]
-    except Exception as exc:  # noqa: BLE001 - a file that cannot be preprocessed is quarantined
-        reason, detail = _failure(exc)
-        return _Done(Quarantined(task.file_key, outcome.content_sha256, reason, detail))
-    return _Done(outcome.light(), ckey)
-
-
-def _failure(exc: Exception) -> tuple[Reason, str]:
-    """Reason and PHI-free detail for a preprocessing failure.
-
-    ``UnsupportedImageError`` (pipeline.preprocess) carries a reason code and a message that
-    names no patient by contract; it is still passed through the redactor. Anything else is
-    a ``decode_error`` described by its type only.
-    """
-    code = getattr(exc, "reason", None)
-    if code in Reason.__members__.values():
-        return Reason(code), "preprocessing refused the image: " + deid.redact(str(exc.problem))
-    return Reason.DECODE_ERROR, "preprocessing failed: " + deid.safe_detail(exc)
-
-
-def _process_chunk(tasks: Sequence[_Task]) -> list[_Done]:
-    return [_process(t) for t in tasks]
-
-
-def _preprocess_series(paths: Sequence[str], cache_key: str) -> tuple[Reason, str] | None:
-    """Build, reduce and cache one MR series; returns (reason, PHI-free detail) or None."""
-    from pipeline.preprocess import preprocess_series
-
-    assert _STATE is not None
-    cache = _cache()
-    try:
-        if cache_key not in cache:
-            arr = preprocess_series([Path(p) for p in paths], _STATE.spec)  # [1, S, S]
-            cache.put(cache_key, arr)
-    except Exception as exc:  # noqa: BLE001 - a bad series is quarantined, the batch goes on
-        reason, detail = _failure(exc)
-        return reason, "MR series: " + detail
-    return None
 
 
 # --- parent side ----------------------------------------------------------------------------
@@ -466,23 +330,23 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     found = set(fkeys)
     total = len(files)
 
-    def tasks() -> Iterator[_Task]:
+    def tasks() -> Iterator[worker.Task]:
         for path, fk in zip(files, fkeys, strict=True):
             e = catalog.get(fk)
             known = () if e is None else (e.content_sha256, e.cache_key, e.modality)
-            yield _Task(path, fk, *known, known_bad_sha256=bad.get(fk))
+            yield worker.Task(path, fk, *known, known_bad_sha256=bad.get(fk))
 
     settings = InspectSettings(key, tuple(cfg.dicom.modalities), cfg.dicom.reject_burned_in)
-    state = _WorkerState(settings, spec, cache_root)
+    state = worker.WorkerState(settings, spec, cache_root)
     workers = max(1, min(cfg.dicom.workers, total))
     chunk = max(1, min(32, total // (workers * 4)))
     executor = None
     if workers > 1:
         executor = ProcessPoolExecutor(
-            workers, _mp_context(), initializer=_init_worker, initargs=(state, True)
+            workers, worker.mp_context(), initializer=worker.init_worker, initargs=(state, True)
         )
     else:
-        _init_worker(state, subprocess=False)
+        worker.init_worker(state, subprocess=False)
 
     writer = _Writer(engine)
     reasons: Counter[str] = Counter()
@@ -491,16 +355,16 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     seen: dict[str, str] = {}  # image_key -> file_key of this scan's accepted files
     series: dict[str, list[_MrMember]] = {}
     try:
-        results = _ordered_map(_process_chunk, _chunks(tasks(), chunk), executor, 2 * workers)
+        results = _ordered_map(worker.process_chunk, _chunks(tasks(), chunk), executor, 2 * workers)
         for batch in results:
             for d in batch:
                 path, i = files[done], done
                 done += 1
                 o = d.outcome
-                if isinstance(o, _Unchanged) and o.file_key not in catalog:
+                if isinstance(o, worker.Unchanged) and o.file_key not in catalog:
                     unchanged += 1  # still quarantined, for the same content
                     continue
-                if isinstance(o, _Unchanged):
+                if isinstance(o, worker.Unchanged):
                     e = catalog[o.file_key]
                     seen[e.image_key] = o.file_key
                     unchanged += 1
@@ -555,10 +419,6 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     return result
 
 
-def _series_job(job: tuple[list[str], str]) -> tuple[Reason, str] | None:
-    return _preprocess_series(*job)
-
-
 def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) -> tuple[int, int]:
     """Preprocess each changed MR series once and write its instance rows.
 
@@ -578,7 +438,7 @@ def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) ->
         )
         jobs.append((group, skey, members if stale or skey not in cache else []))
     todo = [([m.path for m in ms], skey) for _, skey, ms in jobs if ms]
-    errors = iter(_ordered_map(_series_job, iter(todo), executor, 4))
+    errors = iter(_ordered_map(worker.series_job, iter(todo), executor, 4))
     written = moved = 0
     for group, skey, rewrite in jobs:
         members = rewrite or sorted(series[group], key=lambda m: m.image_key)
