@@ -9,8 +9,9 @@ The steps, in DICOM's own order (PS3.3 C.11: modality LUT -> VOI LUT -> presenta
    ``itk`` is installed). The reader applies *Rescale Slope/Intercept* itself whenever either tag is
    present; we therefore never rescale again, and apply a *Modality LUT Sequence* (which MONAI
    ignores) only when no rescale tags exist.
-2. **Multi-frame**: an MR file's frames are reduced like a series (``spec.mri_reduction``);
-   for CR/DX (and any other modality) the first frame is taken.
+2. **Multi-frame**: an MR file's frames are reduced like a series (``spec.mri_reduction``;
+   enhanced files' frames ordered by their functional groups' plane positions, else stored
+   order); for CR/DX (and any other modality) the first stored frame is taken.
 3. **VOI** (MONAI lacks it): the *VOI LUT Sequence* through ``pydicom.pixels.apply_voi``, else
    the first *Window Center/Width* pair (LINEAR, LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1), else
    robust percentile scaling (``spec.percentiles``, default 0.5-99.5 %, estimated on a strided
@@ -293,13 +294,18 @@ class DicomIntensityd(MapTransform):
 class ReduceFrames(Transform):
     """``[1, F, H, W]`` -> ``[1, H, W]``: ``first`` frame, ``middle`` frame, or ``mip``.
 
-    MONAI has no projection transform, so this is by hand. Frames are taken in stored order.
+    MONAI has no projection transform, so this is by hand.
+
+    Args:
+        mode: ``first``, ``middle`` or ``mip``.
+        order: frame indices in acquisition order (``frame_order``); None: stored order.
     """
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, order: Sequence[int] | None = None):
         if mode not in ("first", *_MRI_REDUCTIONS):
             raise ValueError(f"unknown frame reduction {mode!r}")
         self.mode = mode
+        self.order = order
 
     def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray:
         x = np.asarray(img)  # [1, F, H, W]
@@ -307,12 +313,15 @@ class ReduceFrames(Transform):
             return x
         if self.mode == "mip":
             return x.max(axis=1)  # [1, F, H, W] -> [1, H, W]
-        index = 0 if self.mode == "first" else x.shape[1] // 2
-        return x[:, index]  # [1, F, H, W] -> [1, H, W]
+        if self.mode == "first":
+            return x[:, 0]  # [1, F, H, W] -> [1, H, W]
+        order = self.order if self.order is not None and len(self.order) == x.shape[1] else None
+        middle = x.shape[1] // 2
+        return x[:, middle if order is None else order[middle]]  # [1, F, H, W] -> [1, H, W]
 
 
 class ReduceFramesd(MapTransform):
-    """Dictionary wrapper of ``ReduceFrames``; the mode may depend on the header's modality."""
+    """Dictionary wrapper of ``ReduceFrames``; mode and order come from the header."""
 
     def __init__(self, keys: KeysCollection, header_key: str = "header", mri: str = "middle"):
         super().__init__(keys)
@@ -321,7 +330,8 @@ class ReduceFramesd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        transform = ReduceFrames(frame_reduction(d[self.header_key], self.mri))
+        header = d[self.header_key]
+        transform = ReduceFrames(frame_reduction(header, self.mri), frame_order(header))
         for key in self.key_iterator(d):
             d[key] = transform(d[key])
         return d
@@ -330,6 +340,29 @@ class ReduceFramesd(MapTransform):
 def frame_reduction(ds: pydicom.Dataset, mri: str) -> str:
     """How a multi-frame file becomes 2D: MR frames like a series, other modalities' first."""
     return mri if str(ds.get("Modality", "")).upper() == "MR" else "first"
+
+
+def frame_order(ds: pydicom.Dataset) -> list[int] | None:
+    """Frames of an enhanced multi-frame file (e.g. Enhanced MR) in acquisition order: sorted by
+    each frame's PlanePositionSequence position along the slice normal (PlaneOrientation from
+    the shared or first per-frame functional group). None when the file does not say."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    try:
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        group = shared[0] if shared and "PlaneOrientationSequence" in shared[0] else per_frame[0]
+        iop = [float(v) for v in group.PlaneOrientationSequence[0].ImageOrientationPatient]
+        normal = np.cross(iop[:3], iop[3:])  # [3]
+        positions = [
+            float(
+                np.dot([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient], normal)
+            )
+            for f in per_frame
+        ]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    return [int(i) for i in np.argsort(positions, kind="stable")]
 
 
 # --- decoding --------------------------------------------------------------------------------
@@ -445,7 +478,8 @@ def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
     """
     params = DisplayParams.from_dataset(ds, spec.apply_voi)
     arr = decode_modality(ds)[None]  # [H, W] or [F, H, W] -> [1, ...]
-    arr = ReduceFrames(frame_reduction(ds, spec.mri_reduction))(arr)  # -> [1, H, W]
+    if arr.ndim == 4:  # multi-frame: [1, F, H, W] -> [1, H, W]
+        arr = ReduceFrames(frame_reduction(ds, spec.mri_reduction), frame_order(ds))(arr)
     return finish(arr, params, spec, inplace=True)
 
 

@@ -206,6 +206,30 @@ def test_multi_frame(tmp_path):
     np.testing.assert_array_equal(preprocess_dataset(mr, spec_mip), preprocess_dataset(mip, spec))
 
 
+def test_enhanced_multi_frame_mr_uses_plane_positions(tmp_path):
+    frames = synthetic_pixels(24, 24, frames=5, seed=9)  # [5, 24, 24], stored order
+    z = [3.0, -1.0, 7.0, 1.0, 5.0]  # along the normal: sorted order 1, 3, 0, 4, 2
+    mr = make_dataset(modality="MR", pixels=frames)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    mr.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for zi in z:
+        group, plane = Dataset(), Dataset()
+        plane.ImagePositionPatient = [0.0, 0.0, zi]
+        group.PlanePositionSequence = Sequence([plane])
+        per_frame.append(group)
+    mr.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    spec = PreprocessSpec(image_size=24)
+    out = preprocess_dataset(mr, spec)
+    middle = preprocess_dataset(make_dataset(modality="MR", pixels=frames[0]), spec)
+    np.testing.assert_array_equal(out, middle)  # position median (z=3), not stored frame 2
+    assert np.abs(out - preprocess_dataset(make_dataset(pixels=frames[2]), spec)).max() > 0.05
+    read, path = _reread(mr, tmp_path)
+    np.testing.assert_allclose(preprocess_file(path, spec), out, rtol=0, atol=1e-6)
+
+
 def test_colour_and_missing_pixels_are_refused():
     with pytest.raises(UnsupportedImageError) as err:
         preprocess_dataset(make_dataset(photometric="RGB"), PreprocessSpec())
