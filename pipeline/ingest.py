@@ -274,6 +274,66 @@ class _MrMember:
     accepted: Accepted | None  # None: unchanged, its row is in the catalog
 
 
+@dataclass
+class _Tally:
+    """The parent's running state of one scan: counts, training units, duplicates, MR series.
+
+    Results arrive in file order, so "the first file wins" for duplicates is deterministic.
+    """
+
+    catalog: dict[str, _CatalogEntry]
+    owner: dict[str, str]  # image_key -> file_key of catalogued files found in this scan
+    writer: _Writer
+    reasons: Counter[str] = field(default_factory=Counter)
+    catalogued: int = 0
+    unchanged: int = 0
+    images: list[TrainingImage] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)  # image_key -> file_key, this scan
+    series: dict[str, list[_MrMember]] = field(default_factory=dict)
+
+    def add(self, d: worker.Done, path: str) -> None:
+        """Account for one worker answer (and buffer its database row)."""
+        o = d.outcome
+        if isinstance(o, worker.Unchanged):
+            self._unchanged(o.file_key, path)
+            return
+        if isinstance(o, Accepted):
+            first = self.seen.get(o.image_key) or self.owner.get(o.image_key)
+            if first is not None and first != o.file_key:
+                o = Quarantined(o.file_key, o.content_sha256, Reason.DUPLICATE_INSTANCE,
+                                "another file holds the same SOPInstanceUID")  # fmt: skip
+        if isinstance(o, Quarantined):
+            self.reject(o)
+            return
+        self.seen[o.image_key] = o.file_key
+        if o.modality == "MR":  # catalogued by the series pass, once the series is complete
+            member = _MrMember(o.file_key, path, o.content_sha256, o.image_key, o.patient_key, o)
+            self.series.setdefault(o.series_key or o.image_key, []).append(member)
+            return
+        self.writer.image(_image_row(o, d.cache_key))
+        self.catalogued += 1
+        self.images.append(TrainingImage(o.image_key, o.patient_key, o.series_key,
+                                         d.cache_key or "", o.modality))  # fmt: skip
+
+    def reject(self, q: Quarantined) -> None:
+        """Quarantine one file."""
+        self.reasons[q.reason.value] += 1
+        self.writer.reject(q)
+
+    def _unchanged(self, file_key: str, path: str) -> None:
+        self.unchanged += 1
+        e = self.catalog.get(file_key)
+        if e is None:  # still quarantined, for the same content
+            return
+        self.seen[e.image_key] = file_key
+        if e.modality == "MR":
+            member = _MrMember(file_key, path, e.content_sha256, e.image_key, e.patient_key, None)
+            self.series.setdefault(e.series_key or e.image_key, []).append(member)
+        else:
+            self.images.append(TrainingImage(e.image_key, e.patient_key, e.series_key,
+                                             e.cache_key or "", e.modality))  # fmt: skip
+
+
 def ingest(
     cfg: Config, *, key: bytes, engine=None, progress: Progress | None = None
 ) -> IngestResult:
@@ -321,7 +381,6 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     cache_root.mkdir(parents=True, exist_ok=True)
     cache = PreprocessCache(cache_root)
     catalog = _load_catalog(engine)
-    owner = {e.image_key: fk for fk, e in catalog.items()}
     bad = _load_quarantine(engine)
     files, fkeys = [], []  # paths and keys only: small; the MR series pass needs the paths
     for path, rel in discover(source):
@@ -348,70 +407,30 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     else:
         worker.init_worker(state, subprocess=False)
 
-    writer = _Writer(engine)
-    reasons: Counter[str] = Counter()
-    catalogued = unchanged = done = 0
-    images: list[TrainingImage] = []
-    seen: dict[str, str] = {}  # image_key -> file_key of this scan's accepted files
-    series: dict[str, list[_MrMember]] = {}
+    tally = _Tally(catalog, {e.image_key: fk for fk, e in catalog.items() if fk in found},
+                   _Writer(engine))  # fmt: skip
+    done = 0
     try:
-        results = _ordered_map(worker.process_chunk, _chunks(tasks(), chunk), executor, 2 * workers)
-        for batch in results:
+        chunks = _chunks(tasks(), chunk)
+        for batch in _ordered_map(worker.process_chunk, chunks, executor, 2 * workers):
             for d in batch:
-                path, i = files[done], done
+                tally.add(d, files[done])
                 done += 1
-                o = d.outcome
-                if isinstance(o, worker.Unchanged) and o.file_key not in catalog:
-                    unchanged += 1  # still quarantined, for the same content
-                    continue
-                if isinstance(o, worker.Unchanged):
-                    e = catalog[o.file_key]
-                    seen[e.image_key] = o.file_key
-                    unchanged += 1
-                    if e.modality == "MR":
-                        member = _MrMember(fkeys[i], path, e.content_sha256, e.image_key,
-                                           e.patient_key, None)  # fmt: skip
-                        series.setdefault(e.series_key or e.image_key, []).append(member)
-                    else:
-                        images.append(TrainingImage(e.image_key, e.patient_key, e.series_key,
-                                                    e.cache_key or "", e.modality))  # fmt: skip
-                    continue
-                if isinstance(o, Accepted):
-                    first = seen.get(o.image_key)
-                    if first is None and owner.get(o.image_key) in found:
-                        first = owner[o.image_key]
-                    if first is not None and first != o.file_key:
-                        o = Quarantined(o.file_key, o.content_sha256, Reason.DUPLICATE_INSTANCE,
-                                        "another file holds the same SOPInstanceUID")  # fmt: skip
-                if isinstance(o, Quarantined):
-                    reasons[o.reason.value] += 1
-                    writer.reject(o)
-                    continue
-                seen[o.image_key] = o.file_key
-                if o.modality == "MR":
-                    member = _MrMember(o.file_key, path, o.content_sha256, o.image_key,
-                                       o.patient_key, o)  # fmt: skip
-                    series.setdefault(o.series_key or o.image_key, []).append(member)
-                    continue
-                writer.image(_image_row(o, d.cache_key))
-                catalogued += 1
-                images.append(TrainingImage(o.image_key, o.patient_key, o.series_key,
-                                            d.cache_key or "", o.modality))  # fmt: skip
             if progress is not None:
                 progress(done, total)
-        writer.flush()
-        new, moved = _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images)
-        catalogued, unchanged = catalogued + new, unchanged - moved
-        writer.flush()
+        tally.writer.flush()
+        _mr_pass(tally, cache, spec, executor)
+        tally.writer.flush()
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         try:
-            writer.flush()  # keep what was processed if the scan dies half-way
+            tally.writer.flush()  # keep what was processed if the scan dies half-way
         except Exception:  # noqa: BLE001 - never mask the original error
             logger.warning("could not write the last chunk of the catalog", exc_info=False)
-    result = IngestResult(total, catalogued, unchanged, dict(sorted(reasons.items())),
-                          tuple(images), time.perf_counter() - t0)  # fmt: skip
+    result = IngestResult(total, tally.catalogued, tally.unchanged,
+                          dict(sorted(tally.reasons.items())), tuple(tally.images),
+                          time.perf_counter() - t0)  # fmt: skip
     logger.info(
         "ingest: %d files found, %d catalogued, %d unchanged, %d quarantined in %.1f s",
         result.found, result.catalogued, result.unchanged, result.n_quarantined, result.seconds,
@@ -419,45 +438,41 @@ def _scan(cfg: Config, source: Path, key: bytes, engine, progress: Progress | No
     return result
 
 
-def _mr_pass(series, catalog, cache, spec, executor, writer, reasons, images) -> tuple[int, int]:
+def _mr_pass(tally: _Tally, cache, spec, executor: ProcessPoolExecutor | None) -> None:
     """Preprocess each changed MR series once and write its instance rows.
 
-    Returns:
-        (new or changed instances catalogued, unchanged instances quarantined because their
-        series could not be built any more).
+    A series is rebuilt when an instance is new or changed, or its cached array is missing or
+    was made under another spec. If it cannot be built, all its instances are quarantined
+    (the unchanged ones leave the catalog and the unchanged count).
     """
     from db.records import ImageRow
 
-    jobs: list[tuple[str, str, list[_MrMember]]] = []  # (group, cache key, members)
-    for group in sorted(series):
-        members = sorted(series[group], key=lambda m: m.image_key)
+    jobs: list[tuple[str, str, list[_MrMember]]] = []  # (group, cache key, members to write)
+    for group in sorted(tally.series):
+        members = sorted(tally.series[group], key=lambda m: m.image_key)
         combined = sha256_bytes("".join(sorted(m.content_sha256 for m in members)).encode())
         skey = cache.key(combined, spec)
-        stale = any(
-            m.accepted is not None or catalog[m.file_key].cache_key != skey for m in members
+        stale = skey not in cache or any(
+            m.accepted is not None or tally.catalog[m.file_key].cache_key != skey for m in members
         )
-        jobs.append((group, skey, members if stale or skey not in cache else []))
+        jobs.append((group, skey, members if stale else []))
     todo = [([m.path for m in ms], skey) for _, skey, ms in jobs if ms]
-    errors = iter(_ordered_map(worker.series_job, iter(todo), executor, 4))
-    written = moved = 0
+    failures = _ordered_map(worker.series_job, iter(todo), executor, 4)
     for group, skey, rewrite in jobs:
-        members = rewrite or sorted(series[group], key=lambda m: m.image_key)
-        if rewrite and (failed := next(errors)) is not None:
+        if rewrite and (failed := next(failures)) is not None:
             for m in rewrite:  # the whole series leaves the catalog: one table per file
-                reasons[failed[0].value] += 1
-                moved += m.accepted is None
-                writer.reject(Quarantined(m.file_key, m.content_sha256, *failed))
+                tally.unchanged -= m.accepted is None
+                tally.reject(Quarantined(m.file_key, m.content_sha256, *failed))
             continue
         for m in rewrite:
             if m.accepted is not None:
-                writer.image(_image_row(m.accepted, skey, n_slices=len(rewrite)))
-                written += 1
+                tally.writer.image(_image_row(m.accepted, skey, n_slices=len(rewrite)))
+                tally.catalogued += 1
             else:
-                row = catalog[m.file_key].row or {}
-                writer.image(ImageRow(**{**row, "cache_key": skey, "n_slices": len(rewrite)}))
-        rep = members[0]
-        images.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))
-    return written, moved
+                row = tally.catalog[m.file_key].row or {}
+                tally.writer.image(ImageRow(**{**row, "cache_key": skey, "n_slices": len(rewrite)}))
+        rep = min(tally.series[group], key=lambda m: m.image_key)
+        tally.images.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))
 
 
 # --- the `cmcl ingest` command --------------------------------------------------------------
