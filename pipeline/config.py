@@ -175,14 +175,23 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     dicom = cfg.dicom.model_copy(
         update={"source": res(cfg.dicom.source), "cache_dir": res(cfg.dicom.cache_dir)}
     )
-    results = cfg.results.model_copy(update={"report_dir": res(cfg.results.report_dir)})
-    url = cfg.results.url
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url[len("sqlite:///") :]
-        if rel and rel != ":memory:":
-            url = "sqlite:///" + str((base / rel).resolve())
-    results = results.model_copy(update={"url": url})
-    return cfg.model_copy(update={"dicom": dicom, "results": results})
+    results = cfg.results.model_copy(
+        update={
+            "report_dir": res(cfg.results.report_dir),
+            "url": _resolve_sqlite(cfg.results.url, base),
+        }
+    )
+    clinical = cfg.clinical.model_copy(update={"url": _resolve_sqlite(cfg.clinical.url, base)})
+    return cfg.model_copy(update={"dicom": dicom, "results": results, "clinical": clinical})
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    """Make a relative SQLite file URL (``sqlite:///x.db``) absolute against ``base``."""
+    m = re.match(r"^(sqlite(?:\+\w+)?:///)(?!/)(.+)$", url)
+    if not m or m.group(2).startswith((":memory:", "file:")):
+        return url
+    path, sep, query = m.group(2).partition("?")
+    return m.group(1) + str((base / path).resolve()) + sep + query
 
 
 def load_config(path: str | Path) -> Config:

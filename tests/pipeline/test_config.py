@@ -76,3 +76,16 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     p.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+
+
+def test_relative_sqlite_urls_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    data = {
+        "dicom": {"source": "images"},
+        "clinical": {"url": "sqlite:///clinic.db", "query": "SELECT 1", "id_column": "mrn"},
+        "results": {"url": "sqlite+pysqlite:///out/r.db?timeout=5"},
+    }
+    cfg = config_from_dict(data, base_dir=tmp_path)
+    assert cfg.clinical.url == f"sqlite:///{tmp_path / 'clinic.db'}"
+    assert cfg.results.url == f"sqlite+pysqlite:///{tmp_path / 'out' / 'r.db'}?timeout=5"
+    absolute = {**data, "results": {"url": "sqlite:////abs/r.db"}}
+    assert config_from_dict(absolute, base_dir=tmp_path).results.url == "sqlite:////abs/r.db"
