@@ -116,7 +116,9 @@ class _Registry:
     def regex(self) -> re.Pattern[str] | None:
         if self.pattern is None and self.values:
             alts = sorted(self.values, key=len, reverse=True)  # longest first
-            self.pattern = re.compile("|".join(re.escape(v) for v in alts), re.IGNORECASE)
+            body = "|".join(re.escape(v) for v in alts)
+            # whole tokens only ("PATIENT" must not eat "patient_key"); "_" and "-" separate
+            self.pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{body})(?![A-Za-z0-9])", re.I)
         return self.pattern
 
 

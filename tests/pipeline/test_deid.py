@@ -95,3 +95,11 @@ def test_pydicom_guard_swallows_text_and_counts(caplog):
     assert said.warnings == 1 and said.log_records == 1
     assert said.categories == {"UserWarning"}
     assert "DOE" not in caplog.text and "SECRET-ID-99" not in caplog.text
+
+
+def test_filter_redacts_whole_tokens_only():
+    deid.clear_phi_registry()
+    deid.register_phi(["TEST^PATIENT"])
+    assert deid.redact("folder TEST_PATIENT/x") == "folder [REDACTED]_[REDACTED]/x"
+    assert deid.redact("outpatients contest") == "outpatients contest"  # not inside words
+    deid.clear_phi_registry()
