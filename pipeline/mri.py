@@ -84,13 +84,20 @@ def slice_order(datasets: Sequence[pydicom.Dataset]) -> list[int]:
     return list(range(len(datasets)))
 
 
-def series_volume(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
+def series_volume(
+    datasets: Sequence[pydicom.Dataset], order: Sequence[int] | None = None
+) -> np.ndarray:
     """The ordered volume ``[n, H, W]`` float32 in modality units.
+
+    Args:
+        datasets: the slices, in any order.
+        order: their acquisition order if already known (``slice_order``).
 
     Raises:
         UnsupportedImageError: slices differ in size, or a slice is itself multi-frame.
     """
-    ordered = [datasets[i] for i in slice_order(datasets)]
+    order = slice_order(datasets) if order is None else order
+    ordered = [datasets[i] for i in order]
     slices = [decode_modality(ds) for ds in ordered]  # n x [H, W]
     shapes = {s.shape for s in slices}
     if len(shapes) != 1 or slices[0].ndim != 2:
@@ -132,6 +139,6 @@ def preprocess_series(
     order = slice_order(dss)
     reference = dss[order[len(order) // 2]]  # the middle slice carries the VOI window used
     params = DisplayParams.from_dataset(reference, spec.apply_voi)
-    volume = series_volume(dss)[None]  # [n, H, W] -> [1, n, H, W]
+    volume = series_volume(dss, order)[None]  # [n, H, W] -> [1, n, H, W]
     image = ReduceFrames(spec.mri_reduction)(volume)  # [1, n, H, W] -> [1, H, W]
     return finish(image, params, spec, inplace=True)  # [1, H, W] -> [1, S, S]
