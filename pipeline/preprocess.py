@@ -24,14 +24,14 @@ The steps, in DICOM's own order (PS3.3 C.11: modality LUT -> VOI LUT -> presenta
    ``keep_aspect=False`` the image is stretched to ``S x S`` instead.
 
 Two entry points run these steps: ``preprocess_file`` is a MONAI dictionary-transform pipeline
-(``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``ReduceFramesd`` -> ``DicomIntensityd`` ->
-``Resized`` -> ``SpatialPadd``) for users and tests; ``preprocess_dataset`` (the ingest hot
-path) runs the same math on an already-read dataset with plain numpy/torch calls, because
-MONAI's per-call ``MetaTensor`` overhead (~1.5 ms per transform on a 512x512 image) costs more
-than decoding the file. A parity test holds the two to 1e-6 (``preprocess_file`` does not apply
-a Modality LUT Sequence). Measured with ``benchmarks/bench_preprocess.py``: ~2 ms CPU per
-512x512 image for ``preprocess_dataset`` on a decoded dataset, against ~3 ms for a bare
-``dcmread`` + ``pixel_array`` + resize.
+(``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``ModalityLutd`` -> ``ReduceFramesd`` ->
+``DicomIntensityd`` -> ``Resized`` -> ``SpatialPadd``) for users and tests;
+``preprocess_dataset`` (the ingest hot path) runs the same math on an already-read dataset with
+plain numpy/torch calls, because MONAI's per-call ``MetaTensor`` overhead (~1.5 ms per
+transform on a 512x512 image) costs more than decoding the file. A parity test holds the two to
+1e-6. Measured with ``benchmarks/bench_preprocess.py``: ~2 ms CPU per 512x512 image for
+``preprocess_dataset`` on a decoded dataset, against ~3 ms for a bare ``dcmread`` +
+``pixel_array`` + resize.
 """
 
 from __future__ import annotations
@@ -368,6 +368,43 @@ def frame_order(ds: pydicom.Dataset) -> list[int] | None:
     return [int(i) for i in np.argsort(positions, kind="stable")]
 
 
+class ModalityLut(Transform):
+    """Apply a *Modality LUT Sequence* when the file has one and no rescale tags.
+
+    MONAI's ``PydicomReader`` applies *Rescale Slope/Intercept* (whenever either is present) but
+    ignores the LUT form of the modality transform, so this one is by hand (through pydicom).
+
+    Args:
+        ds: the file's header.
+    """
+
+    def __init__(self, ds: pydicom.Dataset):
+        rescaled = "RescaleSlope" in ds or "RescaleIntercept" in ds  # the reader applied it
+        self.ds = ds if not rescaled and ds.get("ModalityLUTSequence") else None
+
+    def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        if self.ds is None:
+            return img
+        from pydicom.pixels import apply_modality_lut
+
+        return apply_modality_lut(np.asarray(img).astype(np.int64), self.ds)
+
+
+class ModalityLutd(MapTransform):
+    """Dictionary wrapper of ``ModalityLut``; the header comes from ``data[header_key]``."""
+
+    def __init__(self, keys: KeysCollection, header_key: str = "header"):
+        super().__init__(keys)
+        self.header_key = header_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        transform = ModalityLut(d[self.header_key])
+        for key in self.key_iterator(d):
+            d[key] = transform(d[key])
+        return d
+
+
 # --- decoding --------------------------------------------------------------------------------
 
 
@@ -409,11 +446,7 @@ def decode_modality(ds: pydicom.Dataset) -> np.ndarray:
     with warnings.catch_warnings():  # missing-geometry warnings; pydicom may quote raw values
         warnings.simplefilter("ignore")
         arr, _meta = _DatasetReader().get_data(ds)
-        rescaled = "RescaleSlope" in ds or "RescaleIntercept" in ds  # MONAI applied it
-        if not rescaled and ds.get("ModalityLUTSequence"):
-            from pydicom.pixels import apply_modality_lut
-
-            arr = apply_modality_lut(arr, ds)
+        arr = ModalityLut(ds)(arr)
     out = np.asarray(arr, dtype=np.float32)
     return out.copy() if out is arr else out  # private: never pydicom's cached pixel_array
 
@@ -536,6 +569,7 @@ def monai_pipeline(spec: PreprocessSpec, size_hw: tuple[int, int]) -> Any:
         [
             LoadImaged("image", reader=PydicomReader(swap_ij=False), image_only=True),
             EnsureChannelFirstd("image", channel_dim="no_channel"),
+            ModalityLutd("image"),
             ReduceFramesd("image", mri=spec.mri_reduction),
             DicomIntensityd("image", percentiles=spec.percentiles, apply_voi=spec.apply_voi),
             resize,

@@ -116,6 +116,22 @@ def test_rescale_applied_exactly_once(pixels):
     np.testing.assert_array_equal(modality, square.astype(np.float32) * 2 - 1024)
 
 
+def test_modality_lut_sequence(pixels, tmp_path):
+    ds = _ds(pixels)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 16])  # LUT Descriptor: entries, first, bits
+    item.add_new(0x00283006, "US", [2 * v + 100 for v in range(4096)])  # LUT Data
+    item.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = Sequence([item])
+    np.testing.assert_array_equal(decode_modality(ds), 2 * pixels.astype(np.float32) + 100)
+    ds.WindowCenter, ds.WindowWidth = 4000, 3000  # in LUT output units
+    spec = PreprocessSpec(image_size=32)
+    out = preprocess_dataset(ds, spec)
+    without_lut = _ds(pixels, WindowCenter=4000, WindowWidth=3000)
+    assert np.abs(out - preprocess_dataset(without_lut, spec)).max() > 0.1
+    np.testing.assert_allclose(preprocess_file(_reread(ds, tmp_path)[1], spec), out, atol=1e-6)
+
+
 @pytest.mark.parametrize("declared_bits", [12, 16])  # 16 declared over 12-bit data happens
 def test_voi_lut_sequence(pixels, declared_bits):
     square = pixels[:80, :80]
