@@ -18,8 +18,19 @@ from cmcl_core.dag import (
     learn_dag,
     threshold_dag,
 )
+from cmcl_core.metrics import count_accuracy
+from cmcl_core.simulate import simulate
 
 H_FUNCS = [h_expm, h_logdet]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These problems are tiny: intra-op threads only add contention on a shared CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _dag_matrix(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,3 +218,59 @@ def test_learn_dag_rejects_unknown_hyperparameter_and_bad_mask():
         learn_dag(X, allowed=np.ones((2, 2), dtype=bool))
     with pytest.raises(ValueError, match="acyclicity"):
         DagConfig(acyclicity="spectral")
+
+
+# ---------------------------------------------------------------- structure recovery
+
+
+def _binary_child_data(n: int, seed: int) -> np.ndarray:
+    """z -> u (binary, logistic link of a nonlinear f(z)), plus an independent continuous x."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    logit = 4.0 * np.tanh(2.0 * z) + 1.5 * np.sin(3.0 * z)  # nonlinear, strong
+    u = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(float)
+    x = rng.normal(size=n)
+    return np.column_stack([z, u, x])
+
+
+def test_binary_child_is_recovered_through_logistic_link():
+    X = _binary_child_data(1000, seed=0)
+    W = learn_dag(X, ["continuous", "binary", "continuous"], seed=0)
+    B_true = np.zeros((3, 3), dtype=int)
+    B_true[0, 1] = 1
+    assert count_accuracy(B_true, W != 0)["shd"] == 0, W
+    assert np.all(np.diag(W) == 0)
+
+
+def test_allowed_mask_is_respected_and_learn_dag_is_deterministic():
+    X = _binary_child_data(500, seed=1)
+    types = ["continuous", "binary", "continuous"]
+    allowed = np.ones((3, 3), dtype=bool)
+    allowed[0, 1] = allowed[1, 0] = False  # forbid the true edge in both directions
+    W = learn_dag(X, types, allowed=allowed, seed=3)
+    assert W[0, 1] == 0 and W[1, 0] == 0 and np.all(np.diag(W) == 0)
+    assert is_dag(W)
+    W2 = learn_dag(X, types, allowed=allowed, seed=3)
+    np.testing.assert_array_equal(W, W2)
+
+
+def _recover(d: int, n_edges: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    sim = simulate(d, d, n_edges, n=1000, image_size=8, n_binary=1, seed=seed)
+    W = learn_dag(sim.uz, sim.var_types, allowed=bipartite_mask(d, d), seed=seed)
+    return sim.B_true, W
+
+
+def test_recovers_small_bipartite_graph():
+    B_true, W = _recover(2, 2, seed=0)
+    assert is_dag(W) and np.all(np.diag(W) == 0)
+    assert count_accuracy(B_true, W != 0)["shd"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_bipartite_graph_5u_5z(seed):
+    """The issue's setting: 5 u + 5 z, 4 edges, n = 1000, one binary u; SHD <= 1."""
+    B_true, W = _recover(5, 4, seed=seed)
+    assert is_dag(W)
+    assert not np.any(W[:5, :5]) and not np.any(W[5:, 5:])  # bipartite mask respected
+    assert count_accuracy(B_true, W != 0)["shd"] <= 1
