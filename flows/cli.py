@@ -116,6 +116,55 @@ def ingest(config: ConfigOpt) -> None:
     ingest_command(config)
 
 
+@app.command()
+@user_errors
+def run(config: ConfigOpt) -> None:
+    """The main job: ingest, join, train, export ONNX, report, write back (Prefect flow cmcl)."""
+    from flows.train import run_command
+
+    run_command(config)
+
+
+@app.command()
+@user_errors
+def edges(
+    config: ConfigOpt,
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Run id (default: the latest succeeded run).")
+    ] = None,
+) -> None:
+    """Print a run's learned edges: source, target, weight, direction."""
+    from pipeline.score import edges_command
+
+    edges_command(config, run_id)
+
+
+@app.command()
+@user_errors
+def serve(
+    config: ConfigOpt,
+    cron: Annotated[
+        str | None, typer.Option(help='Cron schedule, e.g. "0 2 * * *" (default: on demand).')
+    ] = None,
+) -> None:
+    """Register and serve the Prefect deployment cmcl/train (needs PREFECT_API_URL)."""
+    from flows.serve import serve_deployment
+
+    serve_deployment(config, cron)
+
+
+@app.command()
+@user_errors
+def score(
+    config: ConfigOpt,
+    run_id: Annotated[int, typer.Option("--run", help="The trained run whose encoder to use.")],
+) -> None:
+    """Latents for newly ingested images with the run's ONNX encoder (no retraining)."""
+    from pipeline.score import score_command
+
+    score_command(config, run_id)
+
+
 db_app = typer.Typer(name="db", help="Results database maintenance.", no_args_is_help=True)
 app.add_typer(db_app)
 

@@ -1,0 +1,182 @@
+"""The flow ``cmcl`` under a Prefect test harness on a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.flows.conftest import TEST_KEY, TINY_MODEL, copy_tree_bytes, phi_canaries
+
+
+@pytest.fixture(scope="module")
+def flow_run(tiny_cohort, prefect_harness, tmp_path_factory):
+    """Run the flow once for the module; returns (output, config path, captured log text)."""
+    from flows.train import cmcl_flow
+
+    tmp = tmp_path_factory.mktemp("flowrun")
+    data = yaml.safe_load((tiny_cohort / "config.yaml").read_text())
+    data["results"] = {"url": f"sqlite:///{tmp / 'results.db'}", "report_dir": str(tmp / "rep")}
+    data["dicom"].update(cache_dir=str(tmp / "cache"), workers=1)
+    data["model"] = dict(TINY_MODEL)
+    cfg_path = tmp / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CMCL_PSEUDONYM_KEY", TEST_KEY)
+    records: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    grab = Grab(level=logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(grab)
+    root.setLevel(logging.DEBUG)
+    try:
+        out = cmcl_flow(config=str(cfg_path))
+    finally:
+        root.removeHandler(grab)
+        root.setLevel(old_level)
+        mp.undo()
+    return out, cfg_path, "\n".join(records)
+
+
+def _engine(cfg_path: Path):
+    from db.engine import open_results
+    from pipeline.config import load_config
+
+    return open_results(load_config(cfg_path).results.url), load_config(cfg_path)
+
+
+def test_flow_writes_a_succeeded_run(flow_run):
+    from db.read import get_artifacts, get_run, read_edges, read_latents, read_variables
+
+    out, cfg_path, _ = flow_run
+    engine, cfg = _engine(cfg_path)
+    run = get_run(engine, out["run_id"])
+    assert run["status"] == "succeeded" and out["status"] == "succeeded"
+    assert run["device"] == "cpu" and len(run["data_fingerprint"]) == 64
+    assert run["code_version"].startswith("0.1.0")
+    assert run["config"]["model"]["latent_dim"] == TINY_MODEL["latent_dim"]
+    edges = read_edges(engine, out["run_id"])
+    assert sorted((e["source"], e["target"]) for e in edges) == sorted(
+        (s, t) for s, t, _ in out["edges"]
+    )
+    lat = read_latents(engine, out["run_id"])
+    assert len(lat) == run["n_images"] == run["metrics"]["n_images"] > 30
+    assert all(len(r["z"]) == TINY_MODEL["latent_dim"] for r in lat)
+    names = [v["name"] for v in read_variables(engine, out["run_id"])]
+    assert names[-3:] == ["z0", "z1", "z2"]
+    metrics = run["metrics"]
+    assert metrics["training"]["epochs"] == TINY_MODEL["epochs"]
+    assert metrics["onnx"]["onnx_encoder_max_abs_diff"] <= 1e-4
+    assert metrics["onnx"]["onnx_decoder_max_abs_diff"] <= 1e-4
+    run_dir = Path(cfg.results.report_dir) / f"run-{out['run_id']}"
+    from pipeline.onnx_export import sha256_file
+
+    arts = get_artifacts(engine, out["run_id"])
+    assert {"encoder.onnx", "decoder.onnx", "index.html"} <= {a["name"] for a in arts}
+    for a in arts:
+        assert sha256_file(run_dir / a["relpath"]) == a["sha256"]
+    engine.dispose()
+
+
+def test_report_is_offline_and_complete(flow_run):
+    out, cfg_path, _ = flow_run
+    index = Path(out["report"])
+    html = index.read_text()
+    run_dir = index.parent
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    for ref in ("dag.png", "metrics.json"):
+        assert ref in html and (run_dir / ref).is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_edges"] == len(out["edges"])
+    causal = [(s, t) for s, t, _ in out["edges"] if s.startswith("u") or not s.startswith("z")]
+    causal = [(s, t) for s, t in causal if t.startswith("z")]
+    grids = sorted(p.name for p in (run_dir / "interventions").glob("*.png"))
+    assert len(grids) == len(causal)
+    latents = {n for e in out["edges"] for n in e[:2] if str(n).startswith("z")}
+    assert len(list((run_dir / "saliency").glob("*.png"))) == len(latents)
+
+
+def test_no_phi_in_db_report_onnx_logs(flow_run, tiny_cohort):
+    out, cfg_path, logs = flow_run
+    _, cfg = _engine(cfg_path)
+    canaries = phi_canaries(tiny_cohort)
+    assert len(canaries) > 20
+    db_bytes = Path(cfg.results.url[len("sqlite:///") :]).read_bytes()
+    report_bytes = copy_tree_bytes(Path(cfg.results.report_dir))
+    assert logs, "the flow logged nothing?"
+    for c in canaries:
+        b = c.encode()
+        assert b not in db_bytes, "PHI canary in the results database"
+        assert b not in report_bytes, "PHI canary in the report/ONNX files"
+        assert c not in logs, "PHI canary in the logs"
+        assert str(tiny_cohort / "dicom") not in logs
+
+
+def test_onnx_session_refuses_altered_file_and_score_fills_latents(flow_run, tmp_path):
+    import sqlalchemy as sa
+
+    from db.read import get_artifacts, read_latents
+    from pipeline.errors import DataError
+    from pipeline.onnx_export import load_session
+    from pipeline.score import run_folder, score_run
+
+    out, cfg_path, _ = flow_run
+    engine, cfg = _engine(cfg_path)
+    run_id = out["run_id"]
+    enc = next(a for a in get_artifacts(engine, run_id) if a["name"] == "encoder.onnx")
+    path = run_folder(cfg, run_id) / enc["relpath"]
+    bad = tmp_path / "encoder.onnx"
+    shutil.copy(path, bad)
+    with open(bad, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(DataError, match="sha256"):
+        load_session(bad, enc["sha256"])
+    before = {r["image_key"]: r["z"] for r in read_latents(engine, run_id)}
+    dropped = sorted(before)[:5]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM cmcl_latents WHERE run_id = :r AND image_key IN :k").bindparams(
+                sa.bindparam("k", expanding=True)
+            ),
+            {"r": run_id, "k": dropped},
+        )
+    res = score_run(cfg, run_id, key=bytes.fromhex(TEST_KEY), engine=engine)
+    assert res.scored == 5 and res.already == len(before) - 5
+    assert res.provider == "CPUExecutionProvider"
+    after = {r["image_key"]: r for r in read_latents(engine, run_id)}
+    for k in dropped:
+        assert after[k]["scored"] is True
+        np.testing.assert_allclose(after[k]["z"], before[k], atol=1e-4)
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_rerun_same_inputs_is_idempotent(flow_run):
+    """Same inputs and config: a new run row with the same fingerprint and the same edges."""
+    from db.read import get_run, read_edges
+    from flows.train import cmcl_flow
+
+    out, cfg_path, _ = flow_run
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CMCL_PSEUDONYM_KEY", TEST_KEY)
+    try:
+        again = cmcl_flow(config=str(cfg_path))
+    finally:
+        mp.undo()
+    engine, _ = _engine(cfg_path)
+    r1, r2 = get_run(engine, out["run_id"]), get_run(engine, again["run_id"])
+    assert r2["id"] != r1["id"] and r2["data_fingerprint"] == r1["data_fingerprint"]
+    e1 = [(e["source"], e["target"], round(e["weight"], 4)) for e in read_edges(engine, r1["id"])]
+    e2 = [(e["source"], e["target"], round(e["weight"], 4)) for e in read_edges(engine, r2["id"])]
+    assert e1 == e2
+    engine.dispose()
