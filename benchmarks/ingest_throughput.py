@@ -52,8 +52,17 @@ def make_cohort(folder: Path, n: int, size: int) -> None:
         )
 
 
-def bare_loop(folder: Path, image_size: int) -> float:
-    """Seconds for dcmread + pixel_array + area resize over every file, one process."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (the ingest workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_loop(folder: Path, image_size: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for dcmread + pixel_array + area resize over every file, one process."""
     import numpy as np
     import pydicom
     import torch
@@ -61,12 +70,12 @@ def bare_loop(folder: Path, image_size: int) -> float:
 
     torch.set_num_threads(1)
     files = sorted(p for p in folder.rglob("*.dcm"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     for p in files:
         arr = pydicom.dcmread(p).pixel_array.astype(np.float32)  # [H, W]
         x = torch.from_numpy(arr)[None, None]  # [1, 1, H, W]
         F.interpolate(x, size=(image_size, image_size), mode="area")  # -> [1, 1, S, S]
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int) -> None:
@@ -94,9 +103,10 @@ def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int)
     engine = open_results_db(cfg.results.url)
     out = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         r = ingest(cfg, key=b"benchmark-key-0123456789abcdef", engine=engine)
-        out.append({"seconds": time.perf_counter() - t0, "found": r.found,
+        out.append({"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0,
+                    "found": r.found,
                     "catalogued": r.catalogued, "unchanged": r.unchanged,
                     "quarantined": r.n_quarantined})  # fmt: skip
     engine.dispose()
@@ -148,7 +158,7 @@ def main() -> None:
         f"cohort: {args.files} files of {args.size}x{args.size} in {time.perf_counter() - t0:.0f} s"
     )
 
-    bare = bare_loop(big, args.image_size)
+    bare, bare_cpu = bare_loop(big, args.image_size)
     res_small = run_child(small, work / "run_small", args.workers, args.image_size, 1)
     res_big = run_child(big, work / "run_big", args.workers, args.image_size, args.runs)
     first, rerun = res_big["runs"][0], res_big["runs"][-1]
@@ -159,6 +169,11 @@ def main() -> None:
         "bare_loop_s": bare, "bare_files_per_s": bare_fps,
         "ingest_s": first["seconds"], "ingest_files_per_s": ingest_fps,
         "ratio_ingest_over_bare": ingest_fps / bare_fps,
+        # CPU seconds per file, summed over processes: load-independent; with W free cores the
+        # wall ratio approaches min(W, ...) x this ratio
+        "bare_cpu_ms_per_file": 1000 * bare_cpu / args.files,
+        "ingest_cpu_ms_per_file": 1000 * first["cpu_s"] / args.files,
+        "cpu_ratio_bare_over_ingest": bare_cpu / first["cpu_s"],
         "one_time_import_s": res_big["import_s"],
         "cached_rerun_s": rerun["seconds"], "rerun_unchanged": rerun["unchanged"],
         "peak_rss_mib": {
