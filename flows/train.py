@@ -302,7 +302,12 @@ def run_command(config: Path, console=None) -> dict[str, Any]:
     path = Path(config).resolve()
     load_config(path)
     pseudonym_key_from_env()
-    out = cmcl_flow(config=str(path))
+    from prefect.settings import temporary_settings
+
+    # The temporary local API (no PREFECT_API_URL) gets 20 s to start by default; a busy
+    # machine needs more. A value set in the environment or profile still wins.
+    with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 180}):
+        out = cmcl_flow(config=str(path))
     table = Table(title=f"cmcl run {out['run_id']}: learned edges (cause -> effect)")
     for col in ("source", "target", "weight"):
         table.add_column(col)
