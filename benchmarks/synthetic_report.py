@@ -44,6 +44,7 @@ METHOD_ORDER = (
     "ivae",
     "tcvae",
     "factorvae",
+    "pca",
     "oracle",
 )
 

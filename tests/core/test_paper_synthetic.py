@@ -66,7 +66,8 @@ def _check_cell_and_report(rec: dict, tmp_path) -> None:
     assert (tmp_path / "figure2.png").stat().st_size > 1000
 
 
-def test_two_stage_cell_passes_mask_and_types(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("method", ["vae", "pca"])
+def test_two_stage_cell_passes_mask_and_types(method, tmp_path, monkeypatch) -> None:
     """The DAG learner gets [u, standardised z_hat], the bipartite mask and the u types."""
     data = _fake_data()
     seen = {}
@@ -76,7 +77,7 @@ def test_two_stage_cell_passes_mask_and_types(tmp_path, monkeypatch) -> None:
         return np.zeros((4, 4))
 
     monkeypatch.setattr(ps, "learn_dag", fake_learn_dag)
-    rec = ps.run_cell(data, "vae", seed=0, epochs=1, device="cpu")
+    rec = ps.run_cell(data, method, seed=0, epochs=1, device="cpu")
     assert seen["X"].shape == (60, 4)
     np.testing.assert_allclose(seen["X"][:, :2], data.u, rtol=1e-6)
     np.testing.assert_allclose(seen["X"][:, 2:].std(0), 1.0, rtol=1e-3)
