@@ -464,6 +464,11 @@ def learn_dag(
         torch.manual_seed(seed)
         model = NotearsMLP(types, cfg.hidden, allowed, levels, cfg.bias)
     model = model.to(device=dev, dtype=dtype)
+    if cfg.acyclicity == "logdet":
+        # DAGMA's log-det is only defined while the spectral radius of W o W is below s:
+        # start from W = 0 as DAGMA does (the random init of fc1 can lie outside).
+        with torch.no_grad():
+            model.fc1.weight.zero_()
     Xt = torch.as_tensor(Xs, dtype=dtype, device=dev)  # [n, p]
     W = _solve(model, Xt, cfg)
     return threshold_dag(W, cfg.w_threshold)

@@ -274,3 +274,14 @@ def test_recovers_bipartite_graph_5u_5z(seed):
     assert is_dag(W)
     assert not np.any(W[:5, :5]) and not np.any(W[5:, 5:])  # bipartite mask respected
     assert count_accuracy(B_true, W != 0)["shd"] <= 1
+
+
+@pytest.mark.slow
+def test_logdet_option_finds_the_skeleton_and_returns_a_dag():
+    X = _binary_child_data(1000, seed=0)
+    W = learn_dag(X, ["continuous", "binary", "continuous"], seed=0, acyclicity="logdet")
+    assert is_dag(W) and np.all(np.diag(W) == 0)
+    skeleton = (W != 0) | (W.T != 0)
+    expected = np.zeros((3, 3), dtype=bool)
+    expected[0, 1] = expected[1, 0] = True
+    np.testing.assert_array_equal(skeleton, expected)
