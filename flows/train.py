@@ -305,8 +305,10 @@ def run_command(config: Path, console=None) -> dict[str, Any]:
     from prefect.settings import temporary_settings
 
     # The temporary local API (no PREFECT_API_URL) gets 20 s to start by default; a busy
-    # machine needs more. A value set in the environment or profile still wins.
-    with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 180}):
+    # machine needs more. Its telemetry heartbeat only adds SQLite lock contention. Values set
+    # in the environment or profile still win.
+    quiet = {"server.ephemeral.startup_timeout_seconds": 180, "server.analytics_enabled": False}
+    with temporary_settings(set_defaults=quiet):
         out = cmcl_flow(config=str(path))
     table = Table(title=f"cmcl run {out['run_id']}: learned edges (cause -> effect)")
     for col in ("source", "target", "weight"):

@@ -1,0 +1,58 @@
+"""Fast checks of the end-to-end pieces that need no training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.errors import ConfigError
+
+
+def test_model_settings_split_latent_dim_and_reject_typos():
+    from pipeline.fit import DEFAULT_LATENT_DIM, model_settings
+
+    m, cfg = model_settings({"latent_dim": 7, "epochs": 3})
+    assert m == 7 and cfg.epochs == 3
+    assert model_settings({})[0] == DEFAULT_LATENT_DIM
+    with pytest.raises(ConfigError, match="epochz"):
+        model_settings({"epochz": 3})
+    with pytest.raises(ConfigError, match="latent_dim"):
+        model_settings({"latent_dim": 0})
+
+
+def test_serve_needs_a_server_and_a_valid_cron(tiny_config, monkeypatch):
+    import flows.serve as serve
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(serve, "_profile_api_url", lambda: None)
+    with pytest.raises(ConfigError, match="PREFECT_API_URL"):
+        serve.serve_deployment(tiny_config)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with pytest.raises(ConfigError, match="cron"):
+        serve.serve_deployment(tiny_config, cron="every day")
+
+
+def test_cli_user_errors_exit_2(tmp_path, tiny_config, key_env):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "--config", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "config file not found" in res.output
+    res = runner.invoke(app, ["edges", "--config", str(tiny_config)])
+    assert res.exit_code == 2 and "no succeeded run" in res.output
+    res = runner.invoke(app, ["score", "--config", str(tiny_config), "--run", "3"])
+    assert res.exit_code == 2 and "run 3 does not exist" in res.output
+
+
+def test_run_without_key_fails_before_prefect(tiny_config, monkeypatch):
+    monkeypatch.delenv("CMCL_PSEUDONYM_KEY", raising=False)
+    res = CliRunner().invoke(app, ["run", "--config", str(tiny_config)])
+    assert res.exit_code == 2 and "CMCL_PSEUDONYM_KEY" in res.output
+
+
+def test_intervention_values():
+    from pipeline.report import intervention_values
+
+    assert intervention_values(np.array([0.0, 1.0, 1.0, 0.0]), "binary") == [0.0, 1.0]
+    v = intervention_values(np.arange(101.0), "continuous")
+    assert v == pytest.approx([5.0, 25.0, 50.0, 75.0, 95.0])
