@@ -288,3 +288,27 @@ def test_an_mr_series_that_is_not_one_volume_is_quarantined_whole(tmp_path, sqli
     assert _table_counts(sqlite_url) == (1, 3)
     again = ingest(_cfg(src, sqlite_url, tmp_path), key=KEY)
     assert (again.catalogued, again.unchanged, again.n_quarantined) == (0, 4, 0)
+
+
+def test_a_scan_that_dies_keeps_what_it_had_processed(tmp_path, sqlite_url, monkeypatch):
+    from pipeline import ingest_worker
+
+    src = tmp_path / "src"
+    for i in range(5):
+        write_dicom(src / f"{i}.dcm", phi=Phi(patient_id=f"P{i}"), seed=i)
+    real = ingest_worker.process_chunk
+    calls = {"n": 0}
+
+    def dies_on_the_third_chunk(tasks):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real(tasks)
+
+    monkeypatch.setattr(ingest_worker, "process_chunk", dies_on_the_third_chunk)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ingest(_cfg(src, sqlite_url, tmp_path), key=KEY)  # one file per chunk in-process
+    assert _table_counts(sqlite_url) == (2, 0)
+    monkeypatch.setattr(ingest_worker, "process_chunk", real)
+    resumed = ingest(_cfg(src, sqlite_url, tmp_path), key=KEY)
+    assert (resumed.catalogued, resumed.unchanged) == (3, 2)
