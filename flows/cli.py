@@ -45,7 +45,7 @@ def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "alembic", "matplotlib", "PIL"):
+    for noisy in ("httpx", "httpcore", "alembic", "matplotlib", "PIL", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -106,8 +106,10 @@ def test_report_is_offline_and_complete(flow_run):
     assert len(list((run_dir / "saliency").glob("*.png"))) == len(latents)
 
 
-def test_no_phi_in_db_report_onnx_logs(flow_run, tiny_cohort):
+def test_no_phi_in_db_report_onnx_logs(flow_run, tiny_cohort, prefect_home):
     out, cfg_path, logs = flow_run
+    storage = prefect_home / "storage"
+    assert not storage.exists() or not any(storage.rglob("*")), "Prefect persisted task results"
     _, cfg = _engine(cfg_path)
     canaries = phi_canaries(tiny_cohort)
     assert len(canaries) > 20
