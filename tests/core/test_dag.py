@@ -285,3 +285,16 @@ def test_logdet_option_finds_the_skeleton_and_returns_a_dag():
     expected = np.zeros((3, 3), dtype=bool)
     expected[0, 1] = expected[1, 0] = True
     np.testing.assert_array_equal(skeleton, expected)
+
+
+@pytest.mark.gpu
+def test_learn_dag_and_h_run_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    W = torch.rand(6, 6, device="cuda", dtype=torch.float64, requires_grad=True)
+    for h in H_FUNCS:
+        (grad,) = torch.autograd.grad(h(0.3 * W), W)
+        assert grad.is_cuda and torch.isfinite(grad).all()
+    X = _binary_child_data(1000, seed=0)
+    W_gpu = learn_dag(X, ["continuous", "binary", "continuous"], seed=0, device="cuda")
+    assert is_dag(W_gpu) and W_gpu[0, 1] != 0
