@@ -232,7 +232,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settings", nargs="+", default=list(ALL_SETTINGS), choices=ALL_SETTINGS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument(
-        "--methods", nargs="+", default=list(ALL_METHODS[: -len(REFERENCES)]), choices=ALL_METHODS
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=ALL_METHODS,
+        help="default: CMCL, its ablations and all baselines (--quick: cmcl and ivae)",
     )
     p.add_argument("--n", type=int, default=1000, help="samples per dataset")
     p.add_argument("--image-size", type=int, default=32)
@@ -261,6 +265,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.cmcl_set = dict(_key_value(kv) for kv in args.cmcl_set)
+    if args.methods is None:
+        args.methods = ["cmcl", "ivae"] if args.quick else list(ALL_METHODS[: -len(REFERENCES)])
     if args.quick:
         args.settings, args.seeds = ["4/10"], [0]
         args.n, args.epochs = min(args.n, 300), args.epochs or 3

@@ -113,3 +113,16 @@ def test_resume_refuses_a_different_protocol(tmp_path) -> None:
 def test_ablations_only_at_the_ablation_setting() -> None:
     assert ps._applies("cmcl_nocm", "20/40") and not ps._applies("cmcl_nocm", "4/10")
     assert ps._applies("ivae", "4/10") and ps._applies("cmcl", "1/10")
+
+
+def test_cli_defaults_and_quick() -> None:
+    full = ps.parse_args([])
+    assert "oracle" not in full.methods and "cmcl_nocm" in full.methods and "ivae" in full.methods
+    assert len(full.seeds) == 5 and "20/40" in full.settings and full.image_size == 32
+    quick = ps.parse_args(["--quick"])
+    assert quick.settings == ["4/10"] and quick.seeds == [0] and quick.methods == ["cmcl", "ivae"]
+    assert quick.n == 300 and quick.epochs == 3
+    assert ps.parse_args(["--cmcl-set", "lambda_cr=0.5", "acyclicity=logdet"]).cmcl_set == {
+        "lambda_cr": 0.5,
+        "acyclicity": "logdet",
+    }
