@@ -87,9 +87,12 @@ def run_demo(
     workdir = Path(workdir).expanduser().resolve()
     say(f"generating a synthetic cohort ({n_patients} patients, graph {DEMO_SETTING}) ...")
     info = make_synthetic_cohort(
-        workdir, n_patients=n_patients, setting=DEMO_SETTING, seed=0,
+        workdir,
+        n_patients=n_patients,
+        setting=DEMO_SETTING,
+        seed=0,
         image_size_dicom=DEMO_IMAGE_SIZE,
-    )  # fmt: skip
+    )
     for stale in ("results.db", "reports"):
         p = workdir / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -131,8 +134,10 @@ def _demo_config(path: Path, model: dict[str, Any]) -> Path:
     data["model"] = dict(model)
     data.setdefault("dicom", {})["workers"] = 2
     out = Path(path).with_name("config.yaml")
-    out.write_text("# cmcl demo: the synthetic cohort's config with demo-sized model settings.\n"
-                   + yaml.safe_dump(data, sort_keys=False))  # fmt: skip
+    out.write_text(
+        "# cmcl demo: the synthetic cohort's config with demo-sized model settings.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
     return out
 
 

@@ -4,18 +4,19 @@ report, write back.
 Each task wraps one pipeline function. I/O tasks (DICOM files, databases) retry; training does
 not (a failed fit is a real failure, and retrying it doubles the bill). No task result is
 persisted (``persist_result=False``, ``cache_policy=NONE``): results hold patient-derived arrays
-and must never be pickled into ``$PREFECT_HOME/storage``. Flow parameters are only a config path
-and a stale-run threshold; secrets come from the environment (``CMCL_PSEUDONYM_KEY``, database
+and must never be pickled into ``$PREFECT_HOME/storage``. The flow's only parameter is a config
+path; secrets come from the environment (``CMCL_PSEUDONYM_KEY``, database
 passwords), never through Prefect.
 
-Run semantics (``cmcl_runs``): the run row is created once the cohort is joined (status
-``running``, config without secrets, code version, data fingerprint), a heartbeat thread keeps it
-alive, and edges, latents, variables and artifacts are written in ONE transaction that also sets
-``succeeded`` (:func:`db.write.write_run_results`). Any exception marks the run ``failed`` with a
-PHI-free message; a killed process leaves ``running`` with a stopped heartbeat, which the next
-run's start marks ``crashed`` (:func:`db.write.mark_stale_runs`). A re-run on the same inputs
-and config creates a new run row with the same results (training is seeded and deterministic on
-CPU); ``data_fingerprint`` lets SQL find identical runs.
+Run semantics (``cmcl_runs``): the run row is created first (status ``running``, config without
+secrets, code version, device kind), a heartbeat thread keeps it alive, the data fingerprint is
+recorded with the final status, and edges, latents, variables and artifacts are written in ONE
+transaction that also sets ``succeeded`` (:func:`db.write.write_run_results`). Any exception
+marks the run ``failed`` with a PHI-free message; a killed process leaves ``running`` with a
+stopped heartbeat, which the next run's start marks ``crashed`` after ``CMCL_STALE_AFTER_S``
+seconds (:func:`db.write.mark_stale_runs`). A re-run on the same inputs and config creates a new
+run row with the same results (training is seeded and deterministic on CPU);
+``data_fingerprint`` lets SQL find identical runs.
 """
 
 from __future__ import annotations
@@ -64,9 +65,13 @@ def ingest_task(cfg: Config, key: bytes, engine):
     res = ingest(cfg, key=key, engine=engine)
     log.info(
         "ingest: %d files, %d new/changed, %d unchanged, %d quarantined %s, %d training images",
-        res.found, res.catalogued, res.unchanged, res.n_quarantined, dict(res.quarantined),
+        res.found,
+        res.catalogued,
+        res.unchanged,
+        res.n_quarantined,
+        dict(res.quarantined),
         len(res.images),
-    )  # fmt: skip
+    )
     return res
 
 
@@ -144,8 +149,16 @@ def write_back_task(engine, run_id: int, model, cohort, z, artifacts, metrics: d
     from pipeline.fit import result_rows
 
     edges, variables, latents = result_rows(model, cohort, z)
-    _db(write_run_results, engine, run_id, edges=edges, latents=latents, variables=variables,
-        artifacts=artifacts, metrics=metrics)  # fmt: skip
+    _db(
+        write_run_results,
+        engine,
+        run_id,
+        edges=edges,
+        latents=latents,
+        variables=variables,
+        artifacts=artifacts,
+        metrics=metrics,
+    )
 
 
 # --- the flow -------------------------------------------------------------------------------
@@ -192,18 +205,25 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     engine = _db(open_results, _expand(cfg.results.url))
     try:
         _db(mark_stale_runs, engine, _stale_after())
-        ingested = ingest_task(cfg, key, engine)
-        cohort = join_task(ingested.images, clinical_task(cfg, key))
-        fingerprint = data_fingerprint(cohort)
-        run_id = _db(start_run, engine, config=cfg.redacted(), code_version=code_version(),
-                     data_fingerprint=fingerprint)  # fmt: skip
-        log.info(
-            "run %d started (%d images, fingerprint %s)", run_id, len(cohort), fingerprint[:12]
+        import torch
+
+        run_id = _db(
+            start_run,
+            engine,
+            config=cfg.redacted(),
+            code_version=code_version(),
+            device="cuda" if torch.cuda.is_available() else "cpu",
         )
+        log.info("run %d started", run_id)
         run_dir = Path(cfg.results.report_dir) / f"run-{run_id}"
         work = Path(tempfile.mkdtemp(prefix=f".run-{run_id}-", dir=_work_root(cache_dir_for(cfg))))
+        fingerprint = None
         try:
             with keep_alive(engine, run_id, every_s=HEARTBEAT_S):
+                ingested = ingest_task(cfg, key, engine)
+                cohort = join_task(ingested.images, clinical_task(cfg, key))
+                fingerprint = data_fingerprint(cohort)
+                log.info("cohort: %d images, data fingerprint %s", len(cohort), fingerprint[:12])
                 images = load_images_task(cfg, cohort, work / "images.npy")
                 model = train_task(cfg, cohort, images)
                 device = str(model.device_)
@@ -224,14 +244,24 @@ def cmcl_flow(config: str) -> dict[str, Any]:
                 artifacts = [
                     ArtifactRow(a.name, a.relpath, a.sha256, a.size_bytes, a.kind)
                     for a in (exported.encoder, exported.decoder)
-                ] + [_file_artifact(run_dir, "model.pt", "torch"),
-                     _file_artifact(run_dir, "index.html", "report")]  # fmt: skip
+                ] + [
+                    _file_artifact(run_dir, "model.pt", "torch"),
+                    _file_artifact(run_dir, "index.html", "report"),
+                ]
                 metrics["seconds"] = time.perf_counter() - t0
                 write_back_task(engine, run_id, model, cohort, z, artifacts, metrics)
-                _db(finish_run, engine, run_id, status="succeeded", n_images=len(cohort),
-                    n_patients=cohort.counts.patients, device=device)  # fmt: skip
+                _db(
+                    finish_run,
+                    engine,
+                    run_id,
+                    status="succeeded",
+                    n_images=len(cohort),
+                    n_patients=cohort.counts.patients,
+                    device=device,
+                    data_fingerprint=fingerprint,
+                )
         except BaseException as err:
-            _record_failure(engine, run_id, err)
+            _record_failure(engine, run_id, err, fingerprint)
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -268,7 +298,7 @@ def _file_artifact(run_dir: Path, rel: str, kind: str):
     return ArtifactRow(p.name, rel, sha256_file(p), p.stat().st_size, kind)
 
 
-def _record_failure(engine, run_id: int, err: BaseException) -> None:
+def _record_failure(engine, run_id: int, err: BaseException, fingerprint: str | None) -> None:
     """Mark the run failed with a PHI-free message (user errors carry their own message)."""
     from db.write import finish_run
 
@@ -279,7 +309,7 @@ def _record_failure(engine, run_id: int, err: BaseException) -> None:
     else:
         msg = f"{type(err).__name__} (see the flow run's log)"
     try:
-        finish_run(engine, run_id, status="failed", error=msg)
+        finish_run(engine, run_id, status="failed", error=msg, data_fingerprint=fingerprint)
     except Exception:  # noqa: BLE001 - the original error matters more
         get_run_logger().warning("could not record the failure of run %d", run_id)
 

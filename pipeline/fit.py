@@ -165,8 +165,10 @@ def result_rows(model: CMCL, cohort: JoinedCohort, z: np.ndarray):
         EdgeRow(s, t, float(w), node_kind(s, u_names), node_kind(t, u_names))
         for s, t, w in model.edges_
     ]
-    variables = [VariableRow(n, "clinical", t, i) for i, (n, t) in enumerate(
-        zip(u_names, model.u_types_, strict=True))]  # fmt: skip
+    variables = [
+        VariableRow(n, "clinical", t, i)
+        for i, (n, t) in enumerate(zip(u_names, model.u_types_, strict=True))
+    ]
     d = len(u_names)
     variables += [VariableRow(f"z{j}", "latent", "continuous", d + j) for j in range(z.shape[1])]
     latents = (

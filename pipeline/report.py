@@ -211,8 +211,12 @@ def write_report(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     index = run_dir / "index.html"
     index.write_text(_html(run_id, edges, u_names, grids, latents, metrics))
-    logger.info("report of run %d: %d intervention grids, %d saliency maps", run_id, len(grids),
-                len(latents))  # fmt: skip
+    logger.info(
+        "report of run %d: %d intervention grids, %d saliency maps",
+        run_id,
+        len(grids),
+        len(latents),
+    )
     return index
 
 

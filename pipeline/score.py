@@ -94,8 +94,9 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
         )
     have = {r["image_key"] for r in read_latents(engine, run_id)}
     todo = [i for i, k in enumerate(cohort.image_keys) if k not in have]
-    session = load_session(run_folder(cfg, run_id) / art[ENCODER_FILE]["relpath"],
-                           art[ENCODER_FILE]["sha256"])  # fmt: skip
+    session = load_session(
+        run_folder(cfg, run_id) / art[ENCODER_FILE]["relpath"], art[ENCODER_FILE]["sha256"]
+    )
     provider = session.get_providers()[0]
     if todo:
         cache = PreprocessCache(cache_dir_for(cfg))

@@ -30,9 +30,17 @@ def tiny_cohort(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "cohort"
     make_synthetic_cohort(
-        out, n_patients=48, d=2, m=3, n_edges=2, setting=None, image_size_dicom=16, seed=1,
-        workers=1, n_broken=2,
-    )  # fmt: skip
+        out,
+        n_patients=48,
+        d=2,
+        m=3,
+        n_edges=2,
+        setting=None,
+        image_size_dicom=16,
+        seed=1,
+        workers=1,
+        n_broken=2,
+    )
     return out
 
 
@@ -90,8 +98,15 @@ def phi_canaries(cohort: Path) -> set[str]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - the broken files
             continue
-        for tag in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber",
-                    "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):  # fmt: skip
+        for tag in (
+            "PatientID",
+            "PatientName",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "SOPInstanceUID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+        ):
             v = str(ds.get(tag, "") or "")
             if len(v) >= 6:
                 out.add(v)

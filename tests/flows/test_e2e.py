@@ -44,9 +44,14 @@ class _Proc:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path):
         self.lines: list[str] = []
         self.p = subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
 
@@ -100,11 +105,13 @@ def _counts(cfg_path: Path) -> list[tuple]:
 
     eng = sa.create_engine(load_config(cfg_path).results.url)
     with eng.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT r.id, r.status, (SELECT COUNT(*) FROM cmcl_edges e WHERE e.run_id = r.id), "
-            "(SELECT COUNT(*) FROM cmcl_latents l WHERE l.run_id = r.id) FROM cmcl_runs r "
-            "ORDER BY r.id"
-        )).all()  # fmt: skip
+        rows = conn.execute(
+            sa.text(
+                "SELECT r.id, r.status, (SELECT COUNT(*) FROM cmcl_edges e WHERE e.run_id = r.id), "
+                "(SELECT COUNT(*) FROM cmcl_latents l WHERE l.run_id = r.id) FROM cmcl_runs r "
+                "ORDER BY r.id"
+            )
+        ).all()
     eng.dispose()
     return [tuple(r) for r in rows]
 
@@ -121,8 +128,11 @@ def test_sigkill_during_training_leaves_nothing_and_next_run_succeeds(tiny_cohor
     rows = _counts(cfg)
     assert rows == [(1, "running", 0, 0)], rows  # no partial edges or latents
     cfg2 = _config(tiny_cohort, tmp_path)  # same cohort, short training
-    again = _Proc([str(BIN / "cmcl"), "run", "--config", str(cfg2)],
-                  _env(tmp_path, CMCL_STALE_AFTER_S="0"), tmp_path)  # fmt: skip
+    again = _Proc(
+        [str(BIN / "cmcl"), "run", "--config", str(cfg2)],
+        _env(tmp_path, CMCL_STALE_AFTER_S="0"),
+        tmp_path,
+    )
     try:
         again.p.wait(timeout=400)
     finally:
@@ -161,8 +171,11 @@ def test_served_deployment_runs_the_pipeline(tiny_cohort, tmp_path):
     env = _env(tmp_path, PREFECT_API_URL=api)
     procs: list[_Proc] = []
     try:
-        server = _Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                        "--port", str(port)], env, tmp_path)  # fmt: skip
+        server = _Proc(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            tmp_path,
+        )
         procs.append(server)
         assert _wait_http(f"{api}/health", 120), server.text()[-3000:]
         serve = _Proc([str(BIN / "cmcl"), "serve", "--config", str(cfg)], env, tmp_path)
@@ -170,10 +183,21 @@ def test_served_deployment_runs_the_pipeline(tiny_cohort, tmp_path):
         deployed = f"{api}/deployments/name/cmcl/train"
         assert _wait_http(deployed, 120), serve.text()[-3000:]
         trigger = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "cmcl/train", "--watch",
-             "--watch-timeout", "400"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=450,
-        )  # fmt: skip
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "cmcl/train",
+                "--watch",
+                "--watch-timeout",
+                "400",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=450,
+        )
         out = trigger.stdout + trigger.stderr
         assert trigger.returncode == 0, out[-3000:] + serve.text()[-3000:]
         assert "Completed" in out
