@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,11 +96,23 @@ def main() -> None:
         text=True,
     )
     peak_tree = peak_self = 0
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    last = time.monotonic()
     while proc.poll() is None:
         peak_tree = max(peak_tree, _tree_rss_kb(proc.pid))
         peak_self = max(peak_self, _hwm_kb(proc.pid))
+        if time.monotonic() - last > 60:  # progress, so a long run shows its peak so far
+            last = time.monotonic()
+            print(
+                f"{time.perf_counter() - t0:.0f} s: peak RSS {peak_self / 1024:.0f} MB "
+                f"(tree {peak_tree / 1024:.0f} MB)",
+                flush=True,
+            )
         time.sleep(0.5)
-    output = proc.stdout.read()
+    reader.join(timeout=10)
+    output = "".join(lines)
     result = {
         "patients": args.patients,
         "image_size": args.image_size,
