@@ -198,14 +198,17 @@ class Posterior(nn.Module):
 class ConditionalPrior(nn.Module):
     """Factorised conditional Gaussian prior p(z_j | u) = N(mu_j(u), sigma_j(u)) (Eq. 2, 18).
 
-    Design choice (Assumption 2, additive noise): by default the prior mean is fixed at zero and
-    only the variance depends on u, as in iVAE's reference implementation. The variance
-    modulation is what gives identifiability (the sufficient statistics T(z) = (z, z^2) vary with
-    u), while a u-dependent mean would itself be an additive-noise model z_j = mu_j(u) + eps for
-    every latent: the KL term would then pull every z_j towards a function of u, which favours
-    the causal direction u -> z for all pairs and would mis-orient the anti-causal edges
-    z -> u that the DAG component must find from the residual asymmetry. Set
-    ``with_mean=True`` for the general form of Eq. 18.
+    Design choice (Assumption 2, additive noise). The direction of a u-z edge is not decided by
+    the prior: p(z_j | u) exists whichever way the edge points. It is decided afterwards by the
+    DAG component from the additive-noise asymmetry between u and E[z | x, u] (Hoyer et al.
+    2008). What the prior must do is make the coordinates of z line up with the true latents
+    (identifiability, Assumption 3), and for that both directions need a u-dependent *mean*:
+    for u_i -> z_j, E[z_j | u] = f_j(u_i); for z_j -> u_i, E[z_j | u] is the posterior mean of
+    a cause given its effect, also a non-constant function of u_i. We therefore let both the
+    mean and the variance depend on u (Eq. 18). iVAE's reference prior (zero mean,
+    u-dependent variance; ``with_mean=False``) cannot express that shift; on the two-edge test
+    problem it left the latents mixed and the DAG then reversed both edges, while the
+    mean-and-variance prior recovered both directions.
 
     Args:
         u_dim: width of the u features.

@@ -62,7 +62,7 @@ def representation_losses(
     rec1 = losses.bernoulli_nll(model.embed_decoder_(z0[:k]), x[:k]).mean()  # Eq. 6
     kl1 = losses.gaussian_kl(z0_mu, z0_lv).mean()
     u_feat = model.u_features_(u_raw)  # [n, d] -> [n, d_feat]
-    z_mu, z_lv = model.posterior_(z0, u_feat)  # q(z | z0, u), Eq. 17
+    z_mu, z_lv = model.posterior_(z0_mu, u_feat)  # q(z | z0, u), Eq. 17, on E[z0 | x]
     p_mu, p_lv = model.prior_(u_feat)  # p(z | u), Eq. 18
     z = _sample(z_mu, z_lv) if sample else z_mu
     rec2, kl2 = losses.negative_elbo(model.decoder_(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm)
@@ -243,7 +243,7 @@ def train(
             link = model.dag_.loss(v)
             l1, l2 = model.dag_.l1_penalty(), model.dag_.l2_penalty()
             h = model.dag_.acyclicity(cfg.acyclicity)
-            dag = losses.dag_loss(link, l1, l2, h, rho, alpha, cfg.lambda1, cfg.lambda2)
+            dag = losses.dag_loss(link, l1, l2, h, rho, alpha, cfg.lambda1_joint, cfg.lambda2)
             total = sum(parts.values()) + cfg.lambda_dag * dag  # Eq. 14 (without CR)
             if use_cr and step % cfg.cr_every == 0:
                 parts["cr"] = cr_step(model, cfg, z_mu, u_raw, u_dag, omega)

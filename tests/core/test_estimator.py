@@ -1,0 +1,227 @@
+"""Tests of the CMCL estimator (cmcl_core.estimator): fit, graph direction, interventions,
+persistence, determinism, export modules and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmcl_core.config import CMCLConfig
+from cmcl_core.estimator import CMCL
+from cmcl_core.metrics import mcc
+
+FAST = dict(epochs=60, min_epochs=60, num_threads=1, val_fraction=0.0)
+TINY = dict(epochs=2, min_epochs=2, batch_size=16, num_threads=1, refit_dag=False)
+
+
+def two_edge_data(n: int = 300, size: int = 16, seed: int = 0):
+    """u0 -> z0 (causal) and z1 -> u1 (anti-causal), saturating additive-noise functions.
+
+    Each latent sets the brightness of its own half (left / right) of the image.
+
+    Returns:
+        (images [n, 1, size, size] in [0, 1], u [n, 2], z [n, 2]).
+    """
+    rng = np.random.default_rng(seed)
+    u0 = rng.normal(size=n)
+    z0 = 2.0 * np.tanh(1.5 * u0) + 0.3 * rng.normal(size=n)  # u0 -> z0
+    z1 = rng.normal(size=n)
+    u1 = 2.0 * np.tanh(1.5 * z1) + 0.3 * rng.normal(size=n)  # z1 -> u1
+    z = np.stack([z0, z1], 1)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    halves = [1 / (1 + np.exp((xx - 0.5) * 20)), 1 / (1 + np.exp(-(xx - 0.5) * 20))]
+    bright = 1 / (1 + np.exp(-z))  # [n, 2] in (0, 1)
+    img = 0.15 + sum(0.7 * bright[:, j, None, None] * halves[j] for j in range(2))
+    img = img + 0.02 * rng.normal(size=img.shape)
+    images = np.clip(img, 0.0, 1.0)[:, None].astype(np.float32)
+    return images, np.stack([u0, u1], 1), z
+
+
+def assert_directions(model: CMCL, images, u, z) -> None:
+    """The estimated latents matched to z0 / z1 (Hungarian on |Spearman|) carry the true edges."""
+    score, match = mcc(z, model.transform(images, u))
+    assert score > 0.5, f"latents not recovered (MCC {score:.2f})"
+    edges = {(s, t) for s, t, _ in model.edges_}
+    za, zb = f"z{match[0]}", f"z{match[1]}"
+    assert ("u0", za) in edges, f"missing causal u0 -> {za}; edges {model.edges_}"
+    assert (za, "u0") not in edges
+    assert (zb, "u1") in edges, f"missing anti-causal {zb} -> u1; edges {model.edges_}"
+    assert ("u1", zb) not in edges
+
+
+@pytest.fixture(scope="module")
+def data():
+    return two_edge_data()
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    images, u, _ = data
+    return CMCL(latent_dim=2, seed=0, device="cpu", **FAST).fit(
+        images, u, u_types=["continuous", "continuous"], u_names=["u0", "u1"]
+    )
+
+
+def test_recovers_causal_and_anticausal_direction(fitted, data):
+    assert_directions(fitted, *data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_recovers_directions_over_seeds(seed):
+    images, u, z = two_edge_data(seed=seed)
+    model = CMCL(latent_dim=2, seed=seed, device="cpu", **FAST).fit(images, u)
+    assert_directions(model, images, u, z)
+
+
+def test_fitted_attributes(fitted, data):
+    images, u, _ = data
+    assert fitted.weighted_adjacency_.shape == (4, 4)
+    assert np.all(np.diag(fitted.weighted_adjacency_) == 0)
+    names = {"u0", "u1", "z0", "z1"}
+    for src, dst, w in fitted.edges_:
+        assert src in names and dst in names and w != 0
+        # bipartite default: every edge joins a u and a z
+        assert src.startswith("u") != dst.startswith("u")
+    assert fitted.u_names_ == ["u0", "u1"] and fitted.u_types_ == ["continuous"] * 2
+    assert fitted.n_features_in_ == 2 and fitted.device_.type == "cpu"
+    assert len(fitted.history_) == FAST["epochs"]
+    for key in ("loss", "recon", "kl", "link", "h", "rho", "alpha", "seconds"):
+        assert key in fitted.history_[-1]
+    z = fitted.transform(images[:10], u[:10])
+    assert z.shape == (10, 2) and np.all(np.isfinite(z))
+
+
+def test_training_reduces_loss(fitted):
+    losses = [r["loss"] for r in fitted.history_]
+    assert losses[-1] < losses[0]
+
+
+def test_intervention_anticausal_unchanged_causal_changes(fitted, data):
+    images, u, _ = data
+    x, uu = images[:20], u[:20]
+    factual = fitted.intervene(x, uu, {})
+    anti = fitted.intervene(x, uu, {"u1": 2.0})
+    causal = fitted.intervene(x, uu, {"u0": 2.0})
+    assert anti.shape == x.shape and causal.shape == x.shape
+    assert anti.min() >= 0.0 and anti.max() <= 1.0
+    np.testing.assert_array_equal(anti, factual)
+    assert np.abs(causal - factual).mean() > 1e-3
+
+
+def test_intervention_rejects_unknown_variable(fitted, data):
+    images, u, _ = data
+    with pytest.raises(ValueError, match="cannot intervene on 'age'"):
+        fitted.intervene(images[:2], u[:2], {"age": 1.0})
+
+
+def test_save_load_roundtrip(fitted, data, tmp_path):
+    images, u, _ = data
+    path = tmp_path / "model.pt"
+    fitted.save(str(path))
+    loaded = CMCL.load(str(path), device="cpu")
+    np.testing.assert_array_equal(loaded.transform(images, u), fitted.transform(images, u))
+    np.testing.assert_array_equal(loaded.weighted_adjacency_, fitted.weighted_adjacency_)
+    assert loaded.edges_ == fitted.edges_
+    np.testing.assert_allclose(  # float32 round-off of the restored causal functions
+        loaded.intervene(images[:5], u[:5], {"u0": 1.0}),
+        fitted.intervene(images[:5], u[:5], {"u0": 1.0}),
+        atol=1e-6,
+    )
+
+
+def test_encoder_module_matches_transform(fitted, data):
+    images, u, _ = data
+    enc = fitted.encoder_module()
+    with torch.no_grad():
+        z = enc(torch.as_tensor(images[:30]), torch.as_tensor(u[:30], dtype=torch.float32))
+    np.testing.assert_allclose(z.numpy(), fitted.transform(images[:30], u[:30]), atol=1e-6)
+    with torch.no_grad():
+        x = fitted.decoder_module()(z)
+    assert x.shape == (30, 1, 16, 16) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny(data):
+    images, u, _ = data
+    return CMCL(latent_dim=2, seed=1, device="cpu", **TINY).fit(images[64:128], u[64:128])
+
+
+def test_memmap_input_and_cpu_determinism(tmp_path, data, tiny):
+    images, u, _ = data
+    shape = images[64:128].shape
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=shape)
+    mm[:] = images[64:128]
+    again = CMCL(latent_dim=2, seed=1, device="cpu", **TINY).fit(mm, u[64:128])
+    np.testing.assert_array_equal(again.transform(mm, u[64:128]), tiny.transform(mm, u[64:128]))
+    np.testing.assert_array_equal(again.raw_adjacency_, tiny.raw_adjacency_)
+
+
+def test_other_seed_differs(data, tiny):
+    images, u, _ = data
+    other = CMCL(latent_dim=2, seed=4, device="cpu", **TINY).fit(images[64:128], u[64:128])
+    assert not np.array_equal(other.raw_adjacency_, tiny.raw_adjacency_)
+
+
+def test_refit_equals_fit_on_second_data(data, tiny):
+    images, u, _ = data
+    model = CMCL(latent_dim=2, seed=1, device="cpu", **TINY)
+    model.fit(images[:64], u[:64]).fit(images[64:128], u[64:128])
+    np.testing.assert_array_equal(
+        model.transform(images[:32], u[:32]), tiny.transform(images[:32], u[:32])
+    )
+    np.testing.assert_array_equal(model.raw_adjacency_, tiny.raw_adjacency_)
+
+
+def test_constructor_does_no_work():
+    model = CMCL(latent_dim=3, seed=7, lr=1e-2)
+    assert model.latent_dim == 3 and model.overrides == {"lr": 1e-2}
+    assert not hasattr(model, "weighted_adjacency_")
+    with pytest.raises(ValueError, match="not fitted"):
+        model.transform(np.zeros((1, 1, 16, 16)), np.zeros((1, 1)))
+
+
+def _bad_inputs(images, u):
+    nan_img = images.copy()
+    nan_img[0, 0, 0, 0] = np.nan
+    nan_u = u.copy()
+    nan_u[3, 1] = np.nan
+    three = u.copy()
+    three[:, 1] = np.arange(len(u)) % 3
+    return [
+        ("3-D images", dict(images=images[:, 0], u=u), "4-D array"),
+        ("row mismatch", dict(images=images[:-1], u=u), "rows must match"),
+        ("NaN image", dict(images=nan_img, u=u), "NaN"),
+        ("out of range", dict(images=images * 3, u=u), r"\[0, 1\]"),
+        ("NaN u", dict(images=images, u=nan_u), "NaN"),
+        (
+            "binary with 3 values",
+            dict(images=images, u=three, u_types=["continuous", "binary"]),
+            "declared binary but has 3 distinct",
+        ),
+        ("names", dict(images=images, u=u, u_names=["a"]), "u_names has 1 entries"),
+        ("types", dict(images=images, u=u, u_types=["continuous", "ordinal"]), "unknown u_types"),
+        ("too few", dict(images=images[:10], u=u[:10]), "fewer than one batch"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_bad_input_raises_value_error(case, data):
+    images, u, _ = data
+    images, u = images[:64], u[:64]
+    name, kwargs, message = _bad_inputs(images, u)[case]
+    with pytest.raises(ValueError, match=message):
+        CMCL(latent_dim=2, device="cpu", **TINY).fit(**kwargs)
+
+
+def test_config_from_dict():
+    cfg = CMCLConfig.from_dict({"epochs": 3, "posterior_hidden": [8, 8]})
+    assert cfg.epochs == 3 and cfg.posterior_hidden == (8, 8)
+    assert CMCLConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="epocs"):
+        CMCLConfig.from_dict({"epocs": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        CMCLConfig(batch_size=1)
+    with pytest.raises(ValueError, match="Unknown model setting"):
+        CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
