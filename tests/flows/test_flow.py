@@ -13,6 +13,10 @@ import yaml
 
 from tests.flows.conftest import TEST_KEY, TINY_MODEL, copy_tree_bytes, phi_canaries
 
+# A Prefect test API, a cohort and a whole flow run: about 1 min of CPU, minutes on a busy
+# machine; CI runs it with the other slow tests.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def flow_run(tiny_cohort, prefect_harness, tmp_path_factory):
@@ -162,7 +166,6 @@ def test_onnx_session_refuses_altered_file_and_score_fills_latents(flow_run, tmp
     engine.dispose()
 
 
-@pytest.mark.slow
 def test_rerun_same_inputs_is_idempotent(flow_run):
     """Same inputs and config: a new run row with the same fingerprint and the same edges."""
     from db.read import get_run, read_edges
