@@ -282,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results = _load(path) if (args.resume or args.report_only) else _load(Path("/nonexistent"))
+    command = "python -m benchmarks.paper_synthetic " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     if args.report_only:
+        results["meta"]["report_command"] = command
         for other in args.merge:  # runs of other processes (one results.json per process)
             extra = _load(other / "results.json")
             results["records"] += extra["records"]
@@ -291,9 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if path.exists() and not args.resume:
         sys.exit(f"{path} exists: pass --resume to continue it or choose another --out")
-    command = "python -m benchmarks.paper_synthetic " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
     protocol = {"n": args.n, "image_size": args.image_size, "epochs": args.epochs}
     other = {(r["n"], r["image_size"], r["epochs"]) for r in results["records"]} - {
         tuple(protocol.values())

@@ -95,6 +95,11 @@ def markdown(results: dict) -> str:
         "",
         "Commands that produced these records:",
         *_commands(records),
+        *(
+            [f"- this report: `{results['meta']['report_command']}`"]
+            if results["meta"].get("report_command")
+            else []
+        ),
         "",
         "## Figure 2: DAG recovery (SHD, TPR, FPR, FDR after MIC matching of latents)",
     ]
