@@ -52,6 +52,9 @@ class BaselineConfig:
         beta: KL weight of beta-VAE and TC weight of beta-TCVAE.
         gamma: TC weight of FactorVAE.
         hidden: width of the iVAE prior / posterior MLPs.
+        gaussian_sigma: None for the paper's Bernoulli cross-entropy reconstruction; a value
+            for a Gaussian likelihood with that pixel noise (low-contrast images make the
+            Bernoulli term too weak against the KL term and the posterior collapses).
         base_channels: first conv stage width (CMCL's default, Appendix D.3: 16/32/64).
         max_channels: cap on the conv widths (CMCL's default).
     """
@@ -62,6 +65,7 @@ class BaselineConfig:
     beta: float = 4.0
     gamma: float = 10.0
     hidden: int = 50
+    gaussian_sigma: float | None = None
     base_channels: int = CMCLConfig.base_channels
     max_channels: int = CMCLConfig.max_channels
 
@@ -224,7 +228,11 @@ class TwoStageLearner:
         mu, logvar = net.encode(x, u)  # [b, m] each
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # [b, m]
         logits = net.decoder(z)  # [b, m] -> [b, C, H, W]
-        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        if cfg.gaussian_sigma is None:  # Bernoulli cross-entropy, as the paper (Appendix D.3)
+            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        else:  # Gaussian N(x; sigmoid(logits), sigma^2), up to a constant
+            err = (torch.sigmoid(logits) - x) ** 2 / (2 * cfg.gaussian_sigma**2)
+            rec = err.flatten(1).sum(1)  # [b, C, H, W] -> [b]
         zeros = torch.zeros_like(mu)
         if self.kind == "ivae":
             p_logvar = net.prior_logl(u).clamp(-10.0, 8.0)  # [b, d] -> [b, m]

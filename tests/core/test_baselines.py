@@ -58,3 +58,15 @@ def test_bad_input_raises() -> None:
         TwoStageLearner("nope", 2).fit(np.zeros((4, 1, 8, 8)), np.zeros((4, 1)))
     with pytest.raises(ValueError, match="u must be"):
         TwoStageLearner("vae", 2).fit(np.zeros((4, 1, 8, 8)), np.zeros((3, 1)))
+
+
+def test_gaussian_likelihood_option(tiny_data) -> None:
+    images, u = tiny_data
+    cfg = BaselineConfig(epochs=1, batch_size=16, base_channels=4, max_channels=8)
+    bern = TwoStageLearner("vae", 2, cfg, "cpu", seed=0).fit(images, u)
+    cfg_g = BaselineConfig(
+        epochs=1, batch_size=16, base_channels=4, max_channels=8, gaussian_sigma=0.1
+    )
+    gauss = TwoStageLearner("vae", 2, cfg_g, "cpu", seed=0).fit(images, u)
+    assert np.isfinite(gauss.history_).all()
+    assert gauss.history_[0] != pytest.approx(bern.history_[0])  # a different objective
