@@ -185,3 +185,16 @@ def test_rerun_same_inputs_is_idempotent(flow_run):
     e2 = [(e["source"], e["target"], round(e["weight"], 4)) for e in read_edges(engine, r2["id"])]
     assert e1 == e2
     engine.dispose()
+
+
+def test_cli_edges_prints_the_run(flow_run):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out, cfg_path, _ = flow_run
+    res = CliRunner().invoke(app, ["edges", "--config", str(cfg_path), "--run", str(out["run_id"])])
+    assert res.exit_code == 0, res.output
+    assert f"run {out['run_id']} (succeeded)" in res.output
+    for s, t, _ in out["edges"]:
+        assert s in res.output and t in res.output
