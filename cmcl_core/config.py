@@ -55,6 +55,7 @@ class CMCLConfig:
         min_epochs: no early stopping before this epoch.
         patience: stop after this many epochs without improvement of the validation loss
             (and with h(W) below ``h_tol``).
+        min_delta: relative improvement of the monitored loss that resets the patience.
         val_fraction: held-out fraction for early stopping (0 disables early stopping).
         dag_warmup_epochs: epochs of representation learning before the DAG loss reaches z.
         rho_init: initial augmented-Lagrangian penalty.
@@ -101,6 +102,7 @@ class CMCLConfig:
     epochs: int = 60
     min_epochs: int = 20
     patience: int = 8
+    min_delta: float = 1e-4
     val_fraction: float = 0.1
     dag_warmup_epochs: int = 5
     rho_init: float = 1.0

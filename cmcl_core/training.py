@@ -282,7 +282,7 @@ def train(
         if callback is not None:
             callback(epoch, record)
         monitored = record["loss"] if val_loss is None else val_loss
-        if monitored < best - 1e-3 * abs(best) if math.isfinite(best) else True:
+        if monitored < best - cfg.min_delta * abs(best) if math.isfinite(best) else True:
             best, stale = monitored, 0
         else:
             stale += 1
