@@ -57,9 +57,12 @@ def _db(fn, *args, **kwargs):
 
 
 @task(name="ingest", **_IO)
-def ingest_task(cfg: Config, key: bytes, engine):
+def ingest_task(cfg: Config, engine):
     """Scan dicom.source into the catalog and the preprocessed-array cache."""
+    from pipeline.deid import pseudonym_key_from_env
     from pipeline.ingest import ingest
+
+    key = pseudonym_key_from_env()  # read here: the key never passes through Prefect
 
     log = get_run_logger()
     res = ingest(cfg, key=key, engine=engine)
@@ -76,11 +79,12 @@ def ingest_task(cfg: Config, key: bytes, engine):
 
 
 @task(name="load-clinical", **_IO)
-def clinical_task(cfg: Config, key: bytes):
+def clinical_task(cfg: Config):
     """Run the clinical query read-only; pseudonymise the ids."""
     from pipeline.clinical import load_clinical
+    from pipeline.deid import pseudonym_key_from_env
 
-    table = load_clinical(cfg.clinical, key=key)
+    table = load_clinical(cfg.clinical, key=pseudonym_key_from_env())
     get_run_logger().info("clinical: %d records, variables %s", len(table), list(table.u_names))
     return table
 
@@ -201,7 +205,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     log = get_run_logger()
     cfg = load_config(config)
-    key = pseudonym_key_from_env()
+    pseudonym_key_from_env()  # fail before any work when the key is missing
     engine = _db(open_results, _expand(cfg.results.url))
     try:
         _db(mark_stale_runs, engine, _stale_after())
@@ -220,8 +224,8 @@ def cmcl_flow(config: str) -> dict[str, Any]:
         fingerprint = None
         try:
             with keep_alive(engine, run_id, every_s=HEARTBEAT_S):
-                ingested = ingest_task(cfg, key, engine)
-                cohort = join_task(ingested.images, clinical_task(cfg, key))
+                ingested = ingest_task(cfg, engine)
+                cohort = join_task(ingested.images, clinical_task(cfg))
                 fingerprint = data_fingerprint(cohort)
                 log.info("cohort: %d images, data fingerprint %s", len(cohort), fingerprint[:12])
                 images = load_images_task(cfg, cohort, work / "images.npy")
