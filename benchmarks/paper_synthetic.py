@@ -287,9 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.report_only:
         results["meta"]["report_command"] = command
+        seen = {(r["setting"], r["seed"], r["method"]) for r in results["records"]}
         for other in args.merge:  # runs of other processes (one results.json per process)
             extra = _load(other / "results.json")
-            results["records"] += extra["records"]
+            for r in extra["records"]:  # a cell computed twice counts once (the first)
+                key = (r["setting"], r["seed"], r["method"])
+                if key not in seen:
+                    seen.add(key)
+                    results["records"].append(r)
             results["meta"]["wall_s_total"] += extra["meta"]["wall_s_total"]
         write_report(results, args.out)
         return 0
