@@ -323,15 +323,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = simulate_setting(setting, n=args.n, image_size=args.image_size, seed=seed)
             for method in todo:
                 logger.info("setting %s seed %d method %s", setting, seed, method)
-                rec = run_cell(
-                    data,
-                    method,
-                    seed,
-                    args.epochs,
-                    args.device,
-                    args.mic_max_latents,
-                    cmcl_set=args.cmcl_set,
-                )
+                try:
+                    rec = run_cell(
+                        data,
+                        method,
+                        seed,
+                        args.epochs,
+                        args.device,
+                        args.mic_max_latents,
+                        cmcl_set=args.cmcl_set,
+                    )
+                except (ValueError, RuntimeError) as err:  # a failed fit is a result too
+                    logger.exception("setting %s seed %d method %s failed", setting, seed, method)
+                    rec = {"error": f"{type(err).__name__}: {err}"}
                 rec.update(setting=setting, seed=seed, method=method, command=command, **protocol)
                 if method in CMCL_VARIANTS:
                     rec["cmcl_set"] = args.cmcl_set
@@ -339,10 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["meta"]["wall_s_total"] += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 _save(path, results)
-                logger.info(
-                    "  shd %.0f tpr %.2f fdr %.2f mic %.1f mcc %.2f (%.0f s)",
-                    *(rec[k] for k in ("shd", "tpr", "fdr", "mic", "mcc", "fit_s")),
-                )
+                if "error" not in rec:
+                    logger.info(
+                        "  shd %.0f tpr %.2f fdr %.2f mic %.1f mcc %.2f (%.0f s)",
+                        *(rec[k] for k in ("shd", "tpr", "fdr", "mic", "mcc", "fit_s")),
+                    )
                 write_report(results, args.out)
     results["meta"]["wall_s_total"] += time.perf_counter() - t_start
     _save(path, results)

@@ -80,7 +80,8 @@ def _commands(recs: list[dict]) -> list[str]:
 
 def markdown(results: dict) -> str:
     """The report text: Figure 2 metrics, Table 1 (MIC, MCC), Table 2 (ablation), timings."""
-    records = results["records"]
+    failed = [r for r in results["records"] if "error" in r]
+    records = [r for r in results["records"] if "error" not in r]
     groups = _group(records)
     settings = sorted({r["setting"] for r in records}, key=_setting_key)
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
@@ -100,6 +101,9 @@ def markdown(results: dict) -> str:
             if results["meta"].get("report_command")
             else []
         ),
+        "",
+        *(["", "Failed cells (not in the tables):"] if failed else []),
+        *[f"- {r['setting']} seed {r['seed']} {r['method']}: {r['error']}" for r in failed],
         "",
         "## Figure 2: DAG recovery (SHD, TPR, FPR, FDR after MIC matching of latents)",
     ]
@@ -167,7 +171,7 @@ def plot_figure2(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = results["records"]
+    records = [r for r in results["records"] if "error" not in r]
     groups = _group(records)
     settings = sorted({r["setting"] for r in records}, key=_setting_key)
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
@@ -192,7 +196,7 @@ def plot_figure2(results: dict, path: Path) -> None:
 def write_report(results: dict, out_dir: Path) -> None:
     """Write ``results.md`` and ``figure2.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    if not results["records"]:
+    if not any("error" not in r for r in results["records"]):
         return
     (out_dir / "results.md").write_text(markdown(results))
     plot_figure2(results, out_dir / "figure2.png")

@@ -126,3 +126,23 @@ def test_cli_defaults_and_quick() -> None:
         "lambda_cr": 0.5,
         "acyclicity": "logdet",
     }
+
+
+def test_failed_cell_is_recorded_and_run_continues(tmp_path, monkeypatch) -> None:
+    import cmcl_core.simulate
+
+    monkeypatch.setattr(cmcl_core.simulate, "simulate_setting", lambda *a, **k: _fake_data())
+
+    def run_cell(data, method, *args, **kwargs):
+        if method == "vae":
+            raise ValueError("continuous column 3 is constant")
+        return {"shd": 0.0, "tpr": 1.0, "fpr": 0.0, "fdr": 0.0, "mic": 90.0, "mcc": 0.9,
+                "fit_s": 1.0, "epoch_s": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(ps, "run_cell", run_cell)
+    argv = ["--out", str(tmp_path), "--settings", "4/10", "--seeds", "0"]
+    assert ps.main([*argv, "--methods", "vae", "pca"]) == 0
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert [r["method"] for r in records] == ["vae", "pca"]
+    assert "constant" in records[0]["error"] and records[1]["shd"] == 0.0
+    assert "Failed cells" in (tmp_path / "results.md").read_text()
