@@ -25,5 +25,5 @@ class DataError(CMCLUserError):
     """Input data (clinical records, images) cannot be used as given."""
 
 
-class DatabaseUnavailable(CMCLUserError):
+class DatabaseUnavailable(CMCLUserError):  # noqa: N818 - public name, reads as a state
     """A database (clinical source or results) cannot be reached or opened."""
