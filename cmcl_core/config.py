@@ -28,6 +28,25 @@ class CMCLConfig:
         prior_hidden: hidden widths of the conditional prior network p(z | u) (Eq. 18).
         prior_mean: the prior mean depends on u as well as its variance (Eq. 18, default);
             False gives iVAE's reference zero-mean prior (see ``nets.ConditionalPrior``).
+        posterior_uses_u: feed u to the posterior, q(z | z0, u) (Eq. 17). False gives
+            q(z | z0) (x determines z; u still enters through the conditional prior p(z | u),
+            iVAE-style); the exported encoder keeps its (x, u) signature and ignores u.
+        likelihood: ``"bernoulli"`` (cross-entropy, Appendix D.3) or ``"gaussian"`` (fixed
+            pixel std ``gaussian_sigma``) reconstruction term of both ELBOs.
+        gaussian_sigma: pixel standard deviation of the Gaussian likelihood.
+            Defaults changed (gaussian, beta_embed = beta_cm = 0.1; were bernoulli, 1, 1): the
+            synthetic images vary by ~0.1 around a grey level, so the cross-entropy term is
+            too weak against a unit-weight KL and q(z0 | x) collapsed onto the prior even with
+            He init. On simulate_setting("4/10", n=1000, 32x32), 15 epochs, seeds 0/1: latent
+            MCC 0.44/0.50 -> 0.58/0.65, SHD 17/19 -> 17/13, TPR 0.25/0.25 -> 0.5/1.0 (the
+            graph still has many false edges; PCA reaches MCC 0.91/0.78 on the same data).
+        standardize_images: the encoder subtracts the per-pixel mean training image and
+            divides by the global pixel std (stored as buffers of the encoder).
+        he_init: He-normal init (zero biases) of the conv encoder/decoder. PyTorch's default
+            init shrank the encoder's output spread across images to ~7e-4 at init, and the KL
+            term then collapsed q(z0 | x) onto the prior for good: on simulate_setting("4/10")
+            every posterior mean of z0 was constant after training, so E[z | x, u] was a
+            function of u alone (MCC 0.44-0.50, SHD 17-19 at 15 epochs).
         dag_hidden: hidden widths of each NOTEARS-MLP. Appendix D.3 says 3 x 10; one layer of
             10 (the NOTEARS reference and ``learn_dag``'s default) recovers graphs more reliably.
         cr_hidden: hidden widths of the CR classifier D (Appendix D.3: 3 x 10).
@@ -80,13 +99,18 @@ class CMCLConfig:
     posterior_hidden: tuple[int, ...] = (50, 50, 50)
     prior_hidden: tuple[int, ...] = (50, 50)
     prior_mean: bool = True
+    posterior_uses_u: bool = True
+    standardize_images: bool = True
+    he_init: bool = True
+    likelihood: str = "gaussian"
+    gaussian_sigma: float = 0.1
     dag_hidden: tuple[int, ...] = (10,)
     cr_hidden: tuple[int, ...] = (10, 10, 10)
     use_cm: bool = True
     use_cr: bool = True
     allow_all_edges: bool = False
-    beta_embed: float = 1.0
-    beta_cm: float = 1.0
+    beta_embed: float = 0.1
+    beta_cm: float = 0.1
     lambda_dag: float = 1.0
     lambda1: float = 0.01
     lambda1_joint: float = 1e-4
@@ -136,6 +160,10 @@ class CMCLConfig:
             problems.append("cr_every must be >= 1 and cr_samples >= 2")
         if min(self.lr, self.lr_dag, self.lr_cr) <= 0:
             problems.append("learning rates must be > 0")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            problems.append("likelihood must be 'bernoulli' or 'gaussian'")
+        if self.gaussian_sigma <= 0:
+            problems.append("gaussian_sigma must be > 0")
         if self.w_threshold < 0:
             problems.append("w_threshold must be >= 0")
         if problems:

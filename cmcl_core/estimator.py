@@ -180,6 +180,7 @@ class CMCL:
             base_channels=cfg.base_channels,
             max_channels=cfg.max_channels,
             min_spatial=cfg.min_spatial,
+            he=cfg.he_init,
         )
         self.u_features_ = UFeatures(
             torch.as_tensor(self.u_shift_),
@@ -189,7 +190,9 @@ class CMCL:
         self.encoder_ = ConvEncoder(c, (h, w), e, **net_kw)
         if cfg.use_cm:
             self.embed_decoder_ = ConvDecoder(e, c, (h, w), **net_kw)
-            self.posterior_ = Posterior(e, self.u_features_.out_dim, m, cfg.posterior_hidden)
+            self.posterior_ = Posterior(
+                e, self.u_features_.out_dim, m, cfg.posterior_hidden, cfg.posterior_uses_u
+            )
             self.prior_ = ConditionalPrior(
                 self.u_features_.out_dim, m, cfg.prior_hidden, cfg.prior_mean
             )
@@ -300,10 +303,23 @@ class CMCL:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
                 self._build(cfg, self.image_shape_)
+                if cfg.standardize_images:
+                    self._set_input_stats(images)
                 train(self, cfg, images, u, n_val, callback)
         finally:
             torch.set_num_threads(threads)
         return self
+
+    def _set_input_stats(self, images: np.ndarray, max_rows: int = 2000) -> None:
+        """Per-pixel mean and global std of the images (a fixed subsample when large)."""
+        n = images.shape[0]
+        rows = np.arange(n)
+        if n > max_rows:
+            rows = np.sort(np.random.default_rng(self.seed).choice(n, max_rows, replace=False))
+        x = np.asarray(images[rows], dtype=np.float64)  # [r, C, H, W]
+        shift = x.mean(0)
+        scale = float((x - shift).std()) or 1.0
+        self.encoder_.set_input_stats(torch.as_tensor(shift, dtype=torch.float32), scale)
 
     # ------------------------------------------------------------------ fitted use
     def _check_fitted(self) -> None:

@@ -27,6 +27,31 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return bce.flatten(1).sum(dim=1)  # -> [n]
 
 
+def gaussian_nll(logits: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Negative Gaussian log-likelihood (up to a constant) of x ~ N(sigmoid(logits), sigma^2),
+    summed over pixels.
+
+    Args:
+        logits: decoder logits [n, C, H, W] (the mean image is their sigmoid).
+        x: target images [n, C, H, W] in [0, 1].
+        sigma: fixed pixel noise standard deviation.
+
+    Returns:
+        Per-sample loss [n].
+    """
+    sq = (torch.sigmoid(logits) - x).pow(2)  # [n, C, H, W]
+    return sq.flatten(1).sum(dim=1) / (2.0 * sigma * sigma)  # -> [n]
+
+
+def reconstruction_nll(
+    logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli", sigma: float = 0.1
+) -> torch.Tensor:
+    """-log p(x | z) per sample [n]: Bernoulli (cross-entropy) or fixed-sigma Gaussian."""
+    if likelihood == "gaussian":
+        return gaussian_nll(logits, x, sigma)
+    return bernoulli_nll(logits, x)
+
+
 def gaussian_kl(
     mean_q: torch.Tensor,
     logvar_q: torch.Tensor,
@@ -65,6 +90,8 @@ def negative_elbo(
     mean_p: torch.Tensor | None = None,
     logvar_p: torch.Tensor | None = None,
     beta: float = 1.0,
+    likelihood: str = "bernoulli",
+    sigma: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-ELBO of one module, averaged over the batch: -L1 (Eq. 6) or -L2 (Eq. 19).
 
@@ -76,11 +103,13 @@ def negative_elbo(
         mean_p: prior means [n, k] (None: standard normal, Eq. 6).
         logvar_p: prior log-variances [n, k] (None: standard normal).
         beta: weight of the KL term.
+        likelihood: ``"bernoulli"`` or ``"gaussian"`` (see :func:`reconstruction_nll`).
+        sigma: pixel standard deviation of the Gaussian likelihood.
 
     Returns:
         (reconstruction term, KL term), both scalar batch means; -ELBO = recon + beta * kl.
     """
-    recon = bernoulli_nll(logits, x).mean()
+    recon = reconstruction_nll(logits, x, likelihood, sigma).mean()
     kl = gaussian_kl(mean_q, logvar_q, mean_p, logvar_p).mean()
     return recon, beta * kl
 

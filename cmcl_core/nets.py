@@ -58,6 +58,21 @@ def mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def he_init(module: nn.Module) -> None:
+    """He (Kaiming) normal weights and zero biases for every conv / linear layer in ``module``.
+
+    PyTorch's default init shrinks the signal by about sqrt(3) per layer; after six conv
+    layers the encoder's output hardly varies between images, the KL term then pins q(z0 | x)
+    to the prior before the reconstruction gradient can grow it (posterior collapse: on the
+    paper's synthetic images every posterior mean had a spread of 0 after training).
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class ConvEncoder(nn.Module):
     """Image -> Gaussian parameters: q(z0 | x) of the latent embedding module (Eq. 5-6).
 
@@ -81,6 +96,7 @@ class ConvEncoder(nn.Module):
         base_channels: int = 16,
         max_channels: int = 64,
         min_spatial: int = 4,
+        he: bool = False,
     ) -> None:
         super().__init__()
         n_st = n_down_stages(*image_hw, min_spatial=min_spatial)
@@ -98,6 +114,17 @@ class ConvEncoder(nn.Module):
         h, w = image_hw[0] // 2**n_st, image_hw[1] // 2**n_st
         self.head = nn.Linear(prev * h * w, 2 * out_dim)
         self.out_dim = out_dim
+        if he:
+            he_init(self)
+        # Input standardisation x -> (x - shift) / scale, set from the training images by the
+        # estimator (identity until then); see CMCLConfig.standardize_images.
+        self.register_buffer("x_shift", torch.zeros(in_channels, *image_hw))
+        self.register_buffer("x_scale", torch.ones(()))
+
+    def set_input_stats(self, shift: torch.Tensor, scale: float) -> None:
+        """Standardise inputs by a per-pixel ``shift`` [C, H, W] and a global ``scale``."""
+        self.x_shift.copy_(shift.to(self.x_shift))
+        self.x_scale.fill_(float(scale))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode images.
@@ -108,6 +135,7 @@ class ConvEncoder(nn.Module):
         Returns:
             (mean [n, out_dim], log-variance [n, out_dim]).
         """
+        x = (x - self.x_shift) / self.x_scale  # [n, C, H, W]
         hidden = self.features(x).flatten(1)  # [n, C, H, W] -> [n, c_last * h * w]
         mean, logvar = self.head(hidden).chunk(2, dim=1)  # -> 2 x [n, out_dim]
         return mean, logvar.clamp(-12.0, 8.0)
@@ -135,6 +163,7 @@ class ConvDecoder(nn.Module):
         base_channels: int = 16,
         max_channels: int = 64,
         min_spatial: int = 4,
+        he: bool = False,
     ) -> None:
         super().__init__()
         n_st = n_down_stages(*image_hw, min_spatial=min_spatial)
@@ -153,6 +182,8 @@ class ConvDecoder(nn.Module):
         if n_st == 0:
             layers.append(nn.Conv2d(chans[0], out_channels, 3, padding=1))
         self.features = nn.Sequential(*layers)
+        if he:
+            he_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode latents to logits.
@@ -175,11 +206,20 @@ class Posterior(nn.Module):
         u_dim: width of the u features.
         latent_dim: m.
         hidden: hidden widths (paper: 3 x 50).
+        uses_u: feed u to the MLP (Eq. 17); False gives q(z | z0), u is then ignored.
     """
 
-    def __init__(self, embed_dim: int, u_dim: int, latent_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self,
+        embed_dim: int,
+        u_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        uses_u: bool = True,
+    ):
         super().__init__()
-        self.net = mlp(embed_dim + u_dim, hidden, 2 * latent_dim)
+        self.uses_u = uses_u
+        self.net = mlp(embed_dim + (u_dim if uses_u else 0), hidden, 2 * latent_dim)
 
     def forward(self, z0: torch.Tensor, u_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters.
@@ -191,7 +231,8 @@ class Posterior(nn.Module):
         Returns:
             (mean [n, m], log-variance [n, m]).
         """
-        mean, logvar = self.net(torch.cat([z0, u_feat], dim=1)).chunk(2, dim=1)  # -> 2 x [n, m]
+        inp = torch.cat([z0, u_feat], dim=1) if self.uses_u else z0  # [n, e (+ d_feat)]
+        mean, logvar = self.net(inp).chunk(2, dim=1)  # -> 2 x [n, m]
         return mean, logvar.clamp(-12.0, 8.0)
 
 

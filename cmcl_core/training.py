@@ -51,21 +51,26 @@ def representation_losses(
     Returns:
         (loss parts, z means [n, m]).
     """
+    lik, sig = cfg.likelihood, cfg.gaussian_sigma
     z0_mu, z0_lv = model.encoder_(x)  # [n, C, H, W] -> 2 x [n, e]
     z0 = _sample(z0_mu, z0_lv) if sample else z0_mu
     parts: dict[str, torch.Tensor] = {}
     if not cfg.use_cm:  # ablation: z = z0 (the paper flattens z0 as z)
-        rec, kl = losses.negative_elbo(model.decoder_(z0), x, z0_mu, z0_lv, beta=cfg.beta_embed)
+        rec, kl = losses.negative_elbo(
+            model.decoder_(z0), x, z0_mu, z0_lv, beta=cfg.beta_embed, likelihood=lik, sigma=sig
+        )
         parts.update(recon=rec, kl=kl)
         return parts, z0_mu
     k = max(1, math.ceil(cfg.embed_recon_fraction * x.shape[0]))
-    rec1 = losses.bernoulli_nll(model.embed_decoder_(z0[:k]), x[:k]).mean()  # Eq. 6
+    rec1 = losses.reconstruction_nll(model.embed_decoder_(z0[:k]), x[:k], lik, sig).mean()  # Eq. 6
     kl1 = losses.gaussian_kl(z0_mu, z0_lv).mean()
     u_feat = model.u_features_(u_raw)  # [n, d] -> [n, d_feat]
     z_mu, z_lv = model.posterior_(z0_mu, u_feat)  # q(z | z0, u), Eq. 17, on E[z0 | x]
     p_mu, p_lv = model.prior_(u_feat)  # p(z | u), Eq. 18
     z = _sample(z_mu, z_lv) if sample else z_mu
-    rec2, kl2 = losses.negative_elbo(model.decoder_(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm)
+    rec2, kl2 = losses.negative_elbo(
+        model.decoder_(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm, likelihood=lik, sigma=sig
+    )
     parts.update(recon_embed=rec1, kl_embed=cfg.beta_embed * kl1, recon=rec2, kl=kl2)
     return parts, z_mu
 
@@ -331,10 +336,17 @@ def _finalize(model: CMCL, cfg: CMCLConfig, images, u: np.ndarray, train_idx) ->
     allowed = None if cfg.allow_all_edges else bipartite_mask(d, m)
     n_levels = list(model.dag_.n_levels)
     if cfg.refit_dag:
-        W = learn_dag(
-            X,
-            var_types=list(model.dag_.var_types),
-            allowed=allowed,
+        # A collapsed latent (constant posterior mean) carries no information and learn_dag
+        # rejects constant columns: solve on the other variables, the constant one has no edge.
+        types = list(model.dag_.var_types)
+        keep = np.array([t != "continuous" or X[:, k].std() > 1e-6 for k, t in enumerate(types)])
+        if allowed is None:
+            allowed = np.ones((d + m, d + m), dtype=bool) & ~np.eye(d + m, dtype=bool)
+        W = np.zeros((d + m, d + m))
+        W[np.ix_(keep, keep)] = learn_dag(
+            X[:, keep],
+            var_types=[t for t, k in zip(types, keep, strict=True) if k],
+            allowed=np.asarray(allowed)[np.ix_(keep, keep)],
             seed=model.seed,
             hidden=cfg.dag_hidden,
             lambda1=cfg.lambda1,

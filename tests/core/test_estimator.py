@@ -239,3 +239,21 @@ def test_config_from_dict():
         CMCLConfig(batch_size=1)
     with pytest.raises(ValueError, match="Unknown model setting"):
         CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
+
+
+def test_posterior_without_u_and_gaussian_likelihood(data):
+    """posterior_uses_u=False: the encoder ignores u; the Gaussian likelihood fits too."""
+    images, u, _ = data
+    model = CMCL(
+        latent_dim=2,
+        seed=1,
+        device="cpu",
+        posterior_uses_u=False,
+        likelihood="gaussian",
+        **{**TINY, "refit_dag": True},
+    ).fit(images[:64], u[:64])
+    z = model.transform(images[:32], u[:32])
+    np.testing.assert_allclose(model.transform(images[:32], u[:32] + 5.0), z, atol=1e-6)
+    assert np.all(np.isfinite(model.weighted_adjacency_))
+    with pytest.raises(ValueError, match="likelihood"):
+        CMCLConfig(likelihood="poisson")
