@@ -120,6 +120,30 @@ def _prepare_sqlite_file(u: sa.URL, shown: str) -> None:
         )
 
 
+def _enable_wal(cur: Any) -> None:
+    """Switch a SQLite file to WAL once; retry while another connection holds the lock.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not apply the busy
+    timeout to it, so two processes opening a fresh file at once could fail with "database
+    is locked". The mode is persistent: later connections find WAL already set and skip this.
+    """
+    import sqlite3
+    import time
+
+    cur.execute("PRAGMA journal_mode")
+    if str(cur.fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _install_sqlite_hooks(engine: sa.Engine) -> None:
     """Pragmas, and SQLAlchemy's documented fix for pysqlite's deferred BEGIN."""
 
@@ -129,7 +153,7 @@ def _install_sqlite_hooks(engine: sa.Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        _enable_wal(cur)  # readers do not block the writer
         cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; durable across app crashes
         cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: a 100k-latent run fits in cache
         cur.close()
