@@ -112,19 +112,19 @@ def upsert_quarantine(
 
 def remove_quarantine(engine: sa.Engine, file_keys: Iterable[str]) -> int:
     """Delete quarantine rows (e.g. files that were fixed or deleted); returns rows removed."""
-    table = Quarantine.__table__
-    n = 0
-    with write_tx(engine, "update the quarantine") as conn:
-        for batch in chunks(file_keys, CHUNK):
-            n += conn.execute(sa.delete(table).where(table.c.file_key.in_(batch))).rowcount
-    return n
+    return _delete_by_file_key(engine, Quarantine.__table__, file_keys, "update the quarantine")
 
 
 def remove_images(engine: sa.Engine, file_keys: Iterable[str]) -> int:
     """Delete catalog rows by file (files that disappeared from the source); returns rows."""
-    table = Image.__table__
+    return _delete_by_file_key(engine, Image.__table__, file_keys, "update the image catalog")
+
+
+def _delete_by_file_key(
+    engine: sa.Engine, table: sa.Table, file_keys: Iterable[str], what: str
+) -> int:
     n = 0
-    with write_tx(engine, "update the image catalog") as conn:
+    with write_tx(engine, what) as conn:
         for batch in chunks(file_keys, CHUNK):
             n += conn.execute(sa.delete(table).where(table.c.file_key.in_(batch))).rowcount
     return n
