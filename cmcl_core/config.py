@@ -47,6 +47,22 @@ class CMCLConfig:
             term then collapsed q(z0 | x) onto the prior for good: on simulate_setting("4/10")
             every posterior mean of z0 was constant after training, so E[z | x, u] was a
             function of u alone (MCC 0.44-0.50, SHD 17-19 at 15 epochs).
+        decoder_sparsity: weight of the structural-sparsity term on the decoder p(x | z): the
+            L1 norm of its Jacobian d x / d z, each column scaled by the spread of its latent
+            (``losses.decoder_jacobian_l1``). The conditional prior alone did not line the
+            latents up with the true ones: the information was there (each true z_j linearly
+            predictable from z_hat with R^2 0.94-0.98) but rotated (MCC 0.61 on
+            simulate_setting("4/10"), seed 0, 40 epochs), and a rotated latent is the cause
+            measured with error, which reverses u-z edges and adds false ones. Latents that
+            drive separate image regions (a lesion, an organ) make the Jacobian sparsest
+            when every coordinate drives one region (Zheng, Ng and Zhang 2022, structural
+            sparsity). Same data, 40 epochs: 0.1 -> MCC 0.93 (seed 1: 0.94); 70 epochs ->
+            0.98, SHD 1. 0.3 dropped a weakly visible latent (MCC 0.79); 1.0 hurt
+            reconstruction (MCC 0.52). The alignment needs many steps, hence the longer
+            ``min_epochs``. 0 turns it off.
+        sparsity_samples: batch rows at which each step estimates that term.
+        sparsity_dims: latent directions per step (random; the term is rescaled to all m);
+            the cost is ``sparsity_samples * (sparsity_dims + 1)`` extra decoder passes.
         dag_hidden: hidden widths of each NOTEARS-MLP. Appendix D.3 says 3 x 10; one layer of
             10 (the NOTEARS reference and ``learn_dag``'s default) recovers graphs more reliably.
         cr_hidden: hidden widths of the CR classifier D (Appendix D.3: 3 x 10).
@@ -106,6 +122,9 @@ class CMCLConfig:
     he_init: bool = True
     likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
+    decoder_sparsity: float = 0.1
+    sparsity_samples: int = 8
+    sparsity_dims: int = 4
     dag_hidden: tuple[int, ...] = (10,)
     cr_hidden: tuple[int, ...] = (10, 10, 10)
     use_cm: bool = True
@@ -125,8 +144,8 @@ class CMCLConfig:
     lr_dag: float = 1e-2
     lr_cr: float = 1e-3
     batch_size: int = 32
-    epochs: int = 60
-    min_epochs: int = 20
+    epochs: int = 100
+    min_epochs: int = 60
     patience: int = 8
     min_delta: float = 1e-4
     val_fraction: float = 0.1
@@ -166,6 +185,8 @@ class CMCLConfig:
             problems.append("likelihood must be 'bernoulli' or 'gaussian'")
         if self.gaussian_sigma <= 0:
             problems.append("gaussian_sigma must be > 0")
+        if self.decoder_sparsity < 0 or self.sparsity_samples < 1 or self.sparsity_dims < 1:
+            problems.append("decoder_sparsity must be >= 0, sparsity_samples/dims >= 1")
         if self.w_threshold < 0:
             problems.append("w_threshold must be >= 0")
         if problems:

@@ -60,6 +60,8 @@ def representation_losses(
             model.decoder_(z0), x, z0_mu, z0_lv, beta=cfg.beta_embed, likelihood=lik, sigma=sig
         )
         parts.update(recon=rec, kl=kl)
+        if sample and cfg.decoder_sparsity > 0:
+            parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z0_mu)
         return parts, z0_mu
     k = max(1, math.ceil(cfg.embed_recon_fraction * x.shape[0]))
     rec1 = losses.reconstruction_nll(model.embed_decoder_(z0[:k]), x[:k], lik, sig).mean()  # Eq. 6
@@ -72,7 +74,21 @@ def representation_losses(
         model.decoder_(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm, likelihood=lik, sigma=sig
     )
     parts.update(recon_embed=rec1, kl_embed=cfg.beta_embed * kl1, recon=rec2, kl=kl2)
+    if sample and cfg.decoder_sparsity > 0:
+        parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z_mu)
     return parts, z_mu
+
+
+def _jacobian_penalty(model: CMCL, cfg: CMCLConfig, z_mu: torch.Tensor) -> torch.Tensor:
+    """Structural-sparsity term on the decoder p(x | z) (``CMCLConfig.decoder_sparsity``):
+    the Jacobian's L1 norm at ``sparsity_samples`` posterior means, along ``sparsity_dims``
+    random latent directions, rescaled to all m directions (an unbiased estimate)."""
+    m = z_mu.shape[1]
+    k = min(cfg.sparsity_samples, z_mu.shape[0])
+    r = min(cfg.sparsity_dims, m)
+    dims = torch.randperm(m, device=z_mu.device)[:r]
+    scale = z_mu.detach().std(0) + 1e-4  # [m]
+    return losses.decoder_jacobian_l1(model.decoder_, z_mu[:k], dims, scale) * (m / r)
 
 
 def current_omega(model: CMCL, cfg: CMCLConfig) -> tuple[list[int], list[int], torch.Tensor]:
