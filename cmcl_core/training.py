@@ -60,8 +60,8 @@ def representation_losses(
             model.decoder_(z0), x, z0_mu, z0_lv, beta=cfg.beta_embed, likelihood=lik, sigma=sig
         )
         parts.update(recon=rec, kl=kl)
-        if sample and cfg.decoder_sparsity > 0:
-            parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z0_mu)
+        if cfg.decoder_sparsity > 0:
+            parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z0_mu, sample)
         return parts, z0_mu
     k = max(1, math.ceil(cfg.embed_recon_fraction * x.shape[0]))
     rec1 = losses.reconstruction_nll(model.embed_decoder_(z0[:k]), x[:k], lik, sig).mean()  # Eq. 6
@@ -74,19 +74,24 @@ def representation_losses(
         model.decoder_(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm, likelihood=lik, sigma=sig
     )
     parts.update(recon_embed=rec1, kl_embed=cfg.beta_embed * kl1, recon=rec2, kl=kl2)
-    if sample and cfg.decoder_sparsity > 0:
-        parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z_mu)
+    if cfg.decoder_sparsity > 0:
+        parts["sparsity"] = cfg.decoder_sparsity * _jacobian_penalty(model, cfg, z_mu, sample)
     return parts, z_mu
 
 
-def _jacobian_penalty(model: CMCL, cfg: CMCLConfig, z_mu: torch.Tensor) -> torch.Tensor:
+def _jacobian_penalty(
+    model: CMCL, cfg: CMCLConfig, z_mu: torch.Tensor, sample: bool = True
+) -> torch.Tensor:
     """Structural-sparsity term on the decoder p(x | z) (``CMCLConfig.decoder_sparsity``):
     the Jacobian's L1 norm at ``sparsity_samples`` posterior means, along ``sparsity_dims``
-    random latent directions, rescaled to all m directions (an unbiased estimate)."""
+    random latent directions, rescaled to all m directions (an unbiased estimate). In
+    evaluation (``sample=False``) every direction is used, so the validation loss that early
+    stopping watches is deterministic and sees the alignment, which reconstruction cannot."""
     m = z_mu.shape[1]
     k = min(cfg.sparsity_samples, z_mu.shape[0])
-    r = min(cfg.sparsity_dims, m)
-    dims = torch.randperm(m, device=z_mu.device)[:r]
+    r = min(cfg.sparsity_dims, m) if sample else m
+    dev = z_mu.device
+    dims = torch.randperm(m, device=dev)[:r] if r < m else torch.arange(m, device=dev)
     scale = z_mu.detach().std(0) + 1e-4  # [m]
     return losses.decoder_jacobian_l1(model.decoder_, z_mu[:k], dims, scale) * (m / r)
 
@@ -176,7 +181,7 @@ def cr_step(
 
 @torch.no_grad()
 def _evaluate(model: CMCL, cfg: CMCLConfig, images, u, idx: np.ndarray) -> float:
-    """Deterministic validation loss: -L1 - L2 + DAG link loss, averaged over batches."""
+    """Deterministic validation loss: -L1 - L2 (+ sparsity) + DAG link loss, batch average."""
     total, count = 0.0, 0
     for start in range(0, len(idx), 256):
         x, u_raw, u_dag = model._batch(images, u, idx[start : start + 256])

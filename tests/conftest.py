@@ -30,7 +30,9 @@ def pg_admin_url() -> str:
     """The server URL from CMCL_TEST_POSTGRES_URL; skip when unset, fail when unreachable."""
     url = _pg_admin_url()
     if url is None:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        )
     sa = pytest.importorskip("sqlalchemy")
     try:
         eng = sa.create_engine(url)
