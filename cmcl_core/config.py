@@ -67,7 +67,9 @@ class CMCLConfig:
             line the latents up on 4/10 (MCC 0.98); with a rotation every 5 epochs MCC was
             0.98 at epoch 10 and 0.99 / SHD 0 at epoch 40 (seed 1; it had been 0.94 / SHD 3).
             0 turns it off.
-        rotate_until: last epoch (1-based) after which a rotation may happen.
+        rotate_until: last epoch (1-based) after which a rotation may happen. Rotations also
+            stop ``rotate_every`` epochs before ``epochs``, so that the DAG, which restarts at
+            every rotation, always has at least that many epochs to re-converge.
         sparsity_samples: batch rows at which each step estimates that term.
         sparsity_dims: latent directions per step (random; the term is rescaled to all m);
             the cost is ``sparsity_samples * (sparsity_dims + 1)`` extra decoder passes.

@@ -179,6 +179,25 @@ def cr_loss(logits_causal: torch.Tensor, logits_anticausal: torch.Tensor) -> tor
     return 0.5 * (pos + neg)
 
 
+def decoder_differences(
+    decoder: torch.nn.Module, z: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Forward differences of the decoded mean image ``g = sigmoid o decoder``.
+
+    Args:
+        decoder: latent -> logits network.
+        z: latent points [k, m].
+        shift: displacement vectors [r, m].
+
+    Returns:
+        ``g(z + shift_i) - g(z)`` flattened per image, [r, k, C H W]: one batched decoder call.
+    """
+    k, r = z.shape[0], shift.shape[0]
+    moved = (z.unsqueeze(0) + shift.unsqueeze(1)).reshape(r * k, -1)  # [r k, m]
+    out = torch.sigmoid(decoder(torch.cat([z, moved], 0))).flatten(1)  # [(r + 1) k, P]
+    return out[k:].reshape(r, k, -1) - out[:k].unsqueeze(0)
+
+
 def decoder_jacobian_l1(
     decoder: torch.nn.Module,
     z: torch.Tensor,
@@ -208,11 +227,8 @@ def decoder_jacobian_l1(
         Scalar: mean over the k points of the summed |Jacobian| over pixels and ``dims``.
     """
     z = z.detach()
-    k, r = z.shape[0], dims.shape[0]
+    r = dims.shape[0]
     shift = torch.zeros(r, z.shape[1], dtype=z.dtype, device=z.device)  # [r, m]
     shift[torch.arange(r, device=z.device), dims] = step * scale.detach()[dims]
-    moved = (z.unsqueeze(0) + shift.unsqueeze(1)).reshape(r * k, -1)  # [r k, m]
-    out = torch.sigmoid(decoder(torch.cat([z, moved], 0)))  # [(r + 1) k, C, H, W]
-    base, moved_out = out[:k], out[k:].reshape(r, k, *out.shape[1:])
-    diff = (moved_out - base.unsqueeze(0)).abs().flatten(2) / step  # [r, k, C H W]
+    diff = decoder_differences(decoder, z, shift).abs() / step  # [r, k, C H W]
     return diff.sum(dim=2).sum(dim=0).mean()  # [r, k] -> [k] -> scalar

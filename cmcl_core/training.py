@@ -333,10 +333,12 @@ def train(
 
 
 def _rotation_due(cfg: CMCLConfig, epoch: int, model: CMCL) -> bool:
-    """Sparse latent rotation after every ``rotate_every``-th epoch up to ``rotate_until``."""
+    """Sparse latent rotation after every ``rotate_every``-th epoch up to ``rotate_until``, and
+    none in the last ``rotate_every`` epochs (the DAG restarts at a rotation)."""
     if not cfg.rotate_every or model.posterior_ is None or cfg.decoder_sparsity <= 0:
         return False
-    return (epoch + 1) % cfg.rotate_every == 0 and epoch + 1 <= cfg.rotate_until
+    last = min(cfg.rotate_until, cfg.epochs - cfg.rotate_every)
+    return (epoch + 1) % cfg.rotate_every == 0 and epoch + 1 <= last
 
 
 def _refit_functions(
