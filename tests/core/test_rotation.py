@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
+from cmcl_core.config import CMCLConfig
 from cmcl_core.estimator import CMCL
 from cmcl_core.rotation import jacobian_at, rotate_latents, sparsest_rotation
-from cmcl_core.config import CMCLConfig
 from cmcl_core.training import _rotation_due, posterior_means
 
 
