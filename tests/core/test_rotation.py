@@ -67,7 +67,7 @@ def test_rotation_preserves_the_decoded_posterior_means():
     np.testing.assert_allclose(np.cov(z_after.T), np.eye(3), atol=1e-2)
 
 
-def test_rotations_leave_the_last_epochs_to_the_dag():
+def test_rotation_schedule():
     model = CMCL(latent_dim=2)
     model.posterior_ = torch.nn.Identity()  # stands for a fitted CM module
 
@@ -75,8 +75,32 @@ def test_rotations_leave_the_last_epochs_to_the_dag():
         cfg = CMCLConfig(**kw)
         return [e + 1 for e in range(cfg.epochs) if _rotation_due(cfg, e, model)]
 
-    assert due(epochs=40, rotate_every=5, rotate_until=40) == [5, 10, 15, 20, 25, 30, 35]
-    assert due(epochs=60, rotate_every=5, rotate_until=40) == [5, 10, 15, 20, 25, 30, 35, 40]
-    assert due(epochs=12, rotate_every=4, rotate_until=40) == [4, 8]
+    assert due(epochs=40, rotate_every=5, rotate_until=40) == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert due(epochs=60, rotate_every=5, rotate_until=30) == [5, 10, 15, 20, 25, 30]
+    assert due(epochs=12, rotate_every=4, rotate_until=40) == [4, 8, 12]
     assert due(epochs=60, rotate_every=0) == []
     assert due(epochs=60, decoder_sparsity=0.0) == []
+
+
+def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):
+    import cmcl_core.training as training
+
+    seen = []
+
+    def spy(model, images, u, idx, seed):
+        seen.append(seed)
+        return rotate_latents(model, images, u, idx, seed)
+
+    monkeypatch.setattr(training, "rotate_latents", spy)
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 1, 16, 16)).astype(np.float32)
+    u = rng.standard_normal((64, 2))
+    kw = dict(latent_dim=2, seed=0, device="cpu", epochs=3, min_epochs=3, batch_size=16)
+    CMCL(**kw, rotate_every=2, num_threads=1).fit(images, u)
+    assert seen == [1, 3]  # after epoch 2 (0-based 1), then once more before the DAG solve
+    seen.clear()
+    CMCL(**kw, rotate_every=3, num_threads=1).fit(images, u)
+    assert seen == [2]  # the last epoch rotated already
+    seen.clear()
+    CMCL(**kw, rotate_every=2, refit_dag=False, num_threads=1).fit(images, u)
+    assert seen == [1]  # without the refit, the jointly learnt DAG is kept: no reset at the end
