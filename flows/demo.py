@@ -37,6 +37,16 @@ KEY_ENV = "CMCL_PSEUDONYM_KEY"
 DEMO_PATIENTS = 1000
 DEMO_SETTING = "4/10"
 DEMO_IMAGE_SIZE = 32
+# The generator's seed, chosen by what NOTEARS can do on the *true* latents, not by CMCL's
+# result: the first seed whose graph NOTEARS recovers exactly (SHD 0) from the true latents
+# plus Gaussian measurement noise of 0, 0.15 and 0.25 standard deviations (the images carry
+# the simulator's 0.1 latent noise, so no encoder sees z exactly). Seed 0 fails it (SHD 1:
+# an anti-causal edge's direction flips under measurement error), and many seeds put a binary
+# u -> z edge in the graph, whose direction no additive-noise model can tell (a logistic
+# z -> u fits a two-Gaussian mixture exactly). On a graph that fails the criterion the demo
+# would score a coin flip, not the pipeline. Of seeds 0-15, 7, 10, 12 and 13 pass
+# (tests/flows/test_demo.py checks the criterion for this one).
+DEMO_SEED = 7
 # Up to 40 epochs (early stopping from epoch 30), batch 32: the latents are lined up with the
 # true ones by the sparse rotations of epochs 5-40 (CMCLConfig.rotate_every); the old 12-epoch
 # schedule without them left the latents mixed (MCC 0.28).
@@ -92,7 +102,7 @@ def run_demo(
         workdir,
         n_patients=n_patients,
         setting=DEMO_SETTING,
-        seed=0,
+        seed=DEMO_SEED,
         image_size_dicom=DEMO_IMAGE_SIZE,
     )
     for stale in ("results.db", "reports"):
