@@ -150,7 +150,7 @@ class NotearsMLP(nn.Module):
         # to the Gaussian's (1 for 0.5 * r^2 on standardised data). The log-loss of a binary or
         # K-level child has curvature (1/K)(1 - 1/K) <= 1/4 per logit at uniform probabilities,
         # so under one L1 weight a discrete child needs ~4x the evidence of a continuous one to
-        # keep an edge: on the demo cohort (pipeline.synthetic, seed 10) NOTEARS on the true
+        # keep an edge: on a demo cohort (pipeline.synthetic, 4/10, seed 10) NOTEARS on the true
         # latents loses z1 -> covid at lambda1 = 0.05 (weight 1.67 at 0.01). Scaling puts every
         # child's edges on the same footing.
         n_cls = [2 if t == "binary" else k for t, k in zip(self.var_types, levels, strict=True)]

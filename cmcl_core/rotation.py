@@ -49,7 +49,7 @@ def sparsest_rotation(J: torch.Tensor, iters: int = 300, seed: int = 0) -> torch
     """
     m = J.shape[-1]
     gen = torch.Generator().manual_seed(seed)
-    Jd = J.detach().cpu().float()  # float32: the same optimum as float64 (tested), 2x faster
+    Jd = J.detach().cpu().float()  # float32: the optimum of float64 (tested), 1.1-1.8x faster
 
     def objective(R: torch.Tensor) -> torch.Tensor:
         return torch.sqrt((Jd @ R).pow(2) + 1e-10).sum()
