@@ -24,7 +24,11 @@ class CMCLConfig:
             synthetic images, doubling per down-sampling stage (capped at ``max_channels``).
         max_channels: cap on the channel width of any stage.
         min_spatial: down-sample (stride 2) until the feature map is this many pixels wide.
-        posterior_hidden: hidden widths of the posterior MLP q(z | z0, u) (Appendix D.3).
+        posterior_hidden: hidden widths of the posterior MLP q(z | z0, u). ``None`` means three
+            layers of ``max(50, 6 m)``: Appendix D.3's 3 x 50 up to m = 8, wider above, where
+            50 units became the bottleneck of the causal representation (20/40, seed 1, 40
+            epochs: 3 x 128 gave MCC 0.76 against 0.65, the CM decoder's reconstruction error
+            102 against 120; the embedding z0 held the information all along).
         prior_hidden: hidden widths of the conditional prior network p(z | u) (Eq. 18).
         prior_mean: the prior mean depends on u as well as its variance (Eq. 18, default);
             False gives iVAE's reference zero-mean prior (see ``nets.ConditionalPrior``).
@@ -130,7 +134,7 @@ class CMCLConfig:
     base_channels: int = 16
     max_channels: int = 64
     min_spatial: int = 4
-    posterior_hidden: tuple[int, ...] = (50, 50, 50)
+    posterior_hidden: tuple[int, ...] | None = None
     prior_hidden: tuple[int, ...] = (50, 50)
     prior_mean: bool = True
     posterior_uses_u: bool = True
@@ -181,7 +185,8 @@ class CMCLConfig:
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         problems = []
         if self.embed_dim is not None and self.embed_dim < 1:
             problems.append("embed_dim must be >= 1")

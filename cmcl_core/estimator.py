@@ -191,7 +191,7 @@ class CMCL:
         if cfg.use_cm:
             self.embed_decoder_ = ConvDecoder(e, c, (h, w), **net_kw)
             self.posterior_ = Posterior(
-                e, self.u_features_.out_dim, m, cfg.posterior_hidden, cfg.posterior_uses_u
+                e, self.u_features_.out_dim, m, _posterior_hidden(cfg, m), cfg.posterior_uses_u
             )
             self.prior_ = ConditionalPrior(
                 self.u_features_.out_dim, m, cfg.prior_hidden, cfg.prior_mean
@@ -557,3 +557,8 @@ def _topological_order(B: np.ndarray) -> list[int]:
             if indeg[j] == 0:
                 ready.append(int(j))
     return order
+
+
+def _posterior_hidden(cfg: CMCLConfig, m: int) -> tuple[int, ...]:
+    """Posterior MLP widths: ``CMCLConfig.posterior_hidden``, or 3 x max(50, 6 m) when None."""
+    return cfg.posterior_hidden or (max(50, 6 * m),) * 3

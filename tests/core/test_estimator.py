@@ -255,3 +255,15 @@ def test_sparsity_term_is_logged_and_can_be_switched_off(data):
     off.fit(images[:64], u[:64])
     assert all(rec["sparsity"] > 0 for rec in on.history_)
     assert all("sparsity" not in rec for rec in off.history_)
+
+
+def test_posterior_width_grows_with_the_latent_dimension(data):
+    images, u, _ = data
+
+    def widths(**kw) -> list[int]:
+        model = CMCL(seed=0, device="cpu", **TINY, **kw).fit(images[:64], u[:64])
+        return [layer.out_features for layer in model.posterior_.net[:-1:2]]
+
+    assert widths(latent_dim=2) == [50, 50, 50]  # Appendix D.3 for small m
+    assert widths(latent_dim=10) == [60, 60, 60]  # 6 m above m = 8
+    assert widths(latent_dim=2, posterior_hidden=(8, 8)) == [8, 8]
