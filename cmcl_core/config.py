@@ -13,6 +13,17 @@ from typing import Any
 _TUPLE_FIELDS = ("posterior_hidden", "prior_hidden", "dag_hidden", "cr_hidden")
 
 
+def _widths(value: Any) -> tuple[int, ...] | None:
+    """A sequence of integers >= 1 as a tuple (empty: no hidden layer), else None."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    try:
+        widths = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return widths if all(w >= 1 for w in widths) else None
+
+
 @dataclass(frozen=True)
 class CMCLConfig:
     """Configuration of :class:`cmcl_core.estimator.CMCL` (Eq. 14, Algorithm 1).
@@ -184,10 +195,16 @@ class CMCLConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in _TUPLE_FIELDS:
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         problems = []
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "posterior_hidden":  # width from latent_dim at fit
+                continue
+            widths = _widths(value)
+            if widths is None:
+                problems.append(f"{name} must be a list of layer widths >= 1, got {value!r}")
+            else:
+                object.__setattr__(self, name, widths)
         if self.embed_dim is not None and self.embed_dim < 1:
             problems.append("embed_dim must be >= 1")
         if self.batch_size < 2:

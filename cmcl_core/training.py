@@ -380,6 +380,8 @@ def _finalize(model: CMCL, cfg: CMCLConfig, images, u: np.ndarray, train_idx) ->
     model.z_shift_ = z.mean(0)
     model.z_scale_ = z.std(0) + 1e-6
     with torch.no_grad():
+        # The jointly trained DAG; the final graph when refit_dag is off. With refit_dag (and a
+        # rotation, which restarts the joint DAG, just before) the refit below is the graph.
         model.raw_adjacency_ = model.dag_.adjacency().cpu().numpy().astype(np.float64)
     rng = np.random.default_rng(model.seed)
     rows = np.sort(train_idx)

@@ -225,6 +225,10 @@ def test_config_from_dict():
         CMCLConfig(batch_size=1)
     with pytest.raises(ValueError, match="decoder_sparsity"):
         CMCLConfig(decoder_sparsity=-0.1)
+    for bad in (50, "abc", (0,), None):
+        with pytest.raises(ValueError, match="cr_hidden must be a list of layer widths"):
+            CMCLConfig(cr_hidden=bad)
+    assert CMCLConfig(posterior_hidden=None).posterior_hidden is None  # width from latent_dim
     with pytest.raises(ValueError, match="Unknown model setting"):
         CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
 
