@@ -49,6 +49,7 @@ from benchmarks.baselines import BASELINES, BaselineConfig, TwoStageLearner
 from benchmarks.synthetic_report import write_report
 from cmcl_core.dag import bipartite_mask, learn_dag
 from cmcl_core.metrics import count_accuracy, mcc, mic, mic_matched
+from cmcl_core.orientation import orient_edges
 
 logger = logging.getLogger("benchmarks.paper_synthetic")
 
@@ -112,7 +113,14 @@ def _score(data, z_hat: np.ndarray, W_est: np.ndarray, mic_max_latents: int) -> 
 
 
 def _fit_cmcl(
-    data, method: str, seed: int, epochs: int | None, device: str | None, dag_kwargs, cmcl_set
+    data,
+    method: str,
+    seed: int,
+    epochs: int | None,
+    device: str | None,
+    dag_kwargs,
+    cmcl_set,
+    orient: bool,
 ):
     from cmcl_core.estimator import CMCL  # imported late: the heaviest dependency
 
@@ -129,7 +137,14 @@ def _fit_cmcl(
 
 
 def _fit_two_stage(
-    data, method: str, seed: int, epochs: int | None, device: str | None, dag_kwargs, cmcl_set
+    data,
+    method: str,
+    seed: int,
+    epochs: int | None,
+    device: str | None,
+    dag_kwargs,
+    cmcl_set,
+    orient: bool,
 ):
     d, m = data.u.shape[1], data.z.shape[1]
     cfg = BaselineConfig() if epochs is None else BaselineConfig(epochs=epochs)
@@ -150,9 +165,10 @@ def _fit_two_stage(
     z_std = (z_hat - z_hat.mean(0)) / (z_hat.std(0) + 1e-8)  # [n, m]
     X = np.concatenate([np.asarray(data.u, np.float64), z_std], axis=1)  # [n, d + m]
     var_types = list(data.u_types) + ["continuous"] * m
-    W = learn_dag(
-        X, var_types=var_types, allowed=bipartite_mask(d, m), seed=seed, device=device, **dag_kwargs
-    )
+    allowed = bipartite_mask(d, m)
+    W = learn_dag(X, var_types=var_types, allowed=allowed, seed=seed, device=device, **dag_kwargs)
+    if orient:  # the same DAG stage as CMCL's (CMCLConfig.orient_edges)
+        W = orient_edges(X, W, var_types, allowed, seed)
     return (
         z_hat,
         W,
@@ -160,6 +176,7 @@ def _fit_two_stage(
             "epochs_run": None if method in REFERENCES else cfg.epochs,
             "rep_s": rep_s,
             "dag_s": time.perf_counter() - t_dag,
+            "orient": orient,
         },
     )
 
@@ -173,6 +190,7 @@ def run_cell(
     mic_max_latents: int = 12,
     dag_kwargs: dict | None = None,
     cmcl_set: dict | None = None,
+    orient: bool = True,
 ) -> dict:
     """Fit one method on one dataset and score it.
 
@@ -187,6 +205,8 @@ def run_cell(
             cheap solver; the benchmark keeps the defaults CMCL's DAG refit uses).
         cmcl_set: ``CMCLConfig`` overrides for the CMCL variants (e.g. a shorter DAG warm-up
             for a short schedule).
+        orient: two-stage methods re-orient ``learn_dag``'s edges by likelihood
+            (``cmcl_core.orientation.orient_edges``), as CMCL does by default.
 
     Returns:
         A record with the metrics, ``fit_s`` (whole fit), ``epoch_s`` (seconds per
@@ -195,7 +215,9 @@ def run_cell(
     """
     t0 = time.perf_counter()
     fit = _fit_cmcl if method in CMCL_VARIANTS else _fit_two_stage
-    z_hat, W, info = fit(data, method, seed, epochs, device, dag_kwargs or {}, cmcl_set or {})
+    z_hat, W, info = fit(
+        data, method, seed, epochs, device, dag_kwargs or {}, cmcl_set or {}, orient
+    )
     fit_s = time.perf_counter() - t0
     rec = _score(data, z_hat, W, mic_max_latents)
     rec.update(info, fit_s=fit_s, score_s=time.perf_counter() - t0 - fit_s)
@@ -253,6 +275,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="CMCLConfig overrides for the CMCL variants (values parsed as JSON)",
+    )
+    p.add_argument(
+        "--no-orient",
+        action="store_true",
+        help="two-stage methods: learn_dag's edges as they are (no likelihood re-orientation)",
     )
     p.add_argument("--report-only", action="store_true", help="rewrite md/png from the JSON")
     p.add_argument(
@@ -332,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.device,
                         args.mic_max_latents,
                         cmcl_set=args.cmcl_set,
+                        orient=not args.no_orient,
                     )
                 except (ValueError, RuntimeError) as err:  # a failed fit is a result too
                     logger.exception("setting %s seed %d method %s failed", setting, seed, method)

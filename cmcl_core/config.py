@@ -62,31 +62,29 @@ class CMCLConfig:
             term then collapsed q(z0 | x) onto the prior for good: on simulate_setting("4/10")
             every posterior mean of z0 was constant after training, so E[z | x, u] was a
             function of u alone (MCC 0.44-0.50, SHD 17-19 at 15 epochs).
-        decoder_sparsity: weight of the structural-sparsity term on the decoder p(x | z): the
-            L1 norm of its Jacobian d x / d z, each column scaled by the spread of its latent
-            (``losses.decoder_jacobian_l1``). The conditional prior alone did not line the
-            latents up with the true ones: the information was there (each true z_j linearly
-            predictable from z_hat with R^2 0.94-0.98) but rotated (MCC 0.61 on
-            simulate_setting("4/10"), seed 0, 40 epochs), and a rotated latent is the cause
-            measured with error, which reverses u-z edges and adds false ones. Latents that
-            drive separate image regions (a lesion, an organ) make the Jacobian sparsest
-            when every coordinate drives one region (Zheng, Ng and Zhang 2022, structural
-            sparsity). Same data, 40 epochs: 0.1 -> MCC 0.93 (seed 1: 0.94); 70 epochs ->
-            0.98, SHD 1. 0.3 dropped a weakly visible latent (MCC 0.79); 1.0 hurt
-            reconstruction (MCC 0.52). By gradient steps alone the alignment needs ~2,000
-            steps; ``rotate_every`` takes it in a few jumps. 0 turns it off. Default 0.03
-            (was 0.1) now that the rotations do the alignment: with 20 latents 0.1 made the
-            decoder p(x | z) give up weakly visible latents (reconstruction error 4x the
-            embedding's). Benchmark, 40 epochs, seeds 0-2, 0.1 -> 0.03: 4/10 SHD 0/1/1 ->
-            0/1/0; 10/20 SHD 1/5/4 -> 1/2/3, MCC 0.97/0.85/0.86 -> 0.98/0.98/0.97; 20/40 MCC
-            0.67/0.47/0.64 -> 0.71/0.65/0.70 (0.05 was in between).
+        decoder_sparsity: weight of an optional structural-sparsity term on the decoder
+            p(x | z): the L1 norm of its Jacobian d x / d z, each column scaled by the spread of
+            its latent (``losses.decoder_jacobian_l1``), estimated every step. Default 0 (off):
+            the rotations (``rotate_every``) minimise the same norm over the latent basis
+            exactly, and the per-step term added nothing on top of them. Measured with the
+            rotations on (40 epochs, seeds 0-2), 0.03 -> 0: 10/20 SHD 3/6/3 -> 2/2/2, MCC
+            0.98/0.90/0.97 -> 0.98/0.97/0.98; 20/40 SHD 13/11/14 -> 14/9/14, MCC
+            0.80/0.80/0.74 -> 0.80/0.81/0.79; and it cost 40 extra decoder rows per step
+            (a CMCL epoch 2.7x a VAE epoch with it). History: before the rotations existed
+            this term was what lined the latents up (the conditional prior alone left them
+            rotated: MCC 0.61 on 4/10; 0.1 -> MCC 0.93-0.98 after 40-70 epochs); 0.3 dropped a
+            weakly visible latent and 0.1 with the rotations made the decoder give up weak
+            latents at m = 20.
         rotate_every: every this many epochs (up to ``rotate_until``) re-parametrise z by the
             whitening + rotation that makes the decoder's Jacobian sparsest
             (``cmcl_core.rotation``: varimax-like, function-preserving for the decoded means;
-            the DAG restarts). Gradient steps on the sparsity term alone took ~65 epochs to
-            line the latents up on 4/10 (MCC 0.98); with a rotation every 5 epochs MCC was
-            0.98 at epoch 10 and 0.99 / SHD 0 at epoch 40 (seed 1; it had been 0.94 / SHD 3).
-            0 turns it off.
+            the DAG restarts). This is how the latents line up with the true ones: when
+            latents drive separate image regions the Jacobian's L1 norm is smallest in the
+            basis where each coordinate drives one region (structural sparsity, Zheng, Ng and
+            Zhang 2022). Gradient steps on ``decoder_sparsity`` alone took ~65 epochs to line
+            the latents up on 4/10 (MCC 0.98); with a rotation every 5 epochs MCC was 0.98 at
+            epoch 10 and 0.99 / SHD 0 at epoch 40. 0 turns it off (with ``decoder_sparsity``
+            0 as well, that is the paper's model as written). Needs the CM module.
         rotate_until: last epoch (1-based) after which a scheduled rotation may happen. With
             ``refit_dag`` one more rotation comes after the last epoch (unless that epoch just
             had one), right before the final DAG solve: it hands the solve whitened latents in
@@ -137,6 +135,11 @@ class CMCLConfig:
         w_threshold: edges with |W| below this are dropped (NOTEARS uses 0.3).
         refit_dag: after joint training, re-solve the DAG on [u, posterior means of z] with
             ``cmcl_core.dag.learn_dag`` (full augmented Lagrangian to convergence) and keep it.
+        orient_edges: after that solve, reverse the edges whose reversal raises the
+            likelihood (``cmcl_core.orientation.orient_edges``: the additive-noise score of
+            CAM, each end point's regression refitted). NOTEARS' squared-error solve often
+            settles on the wrong side of a near-tie: with the true latents it fixed SHD 4/10
+            0.8 -> 0.0, 10/20 1.8 -> 0.4, 20/40 5.3 -> 1.0. Needs ``refit_dag``.
         refit_dag_max_samples: subsample for the refit (it is super-linear in n).
         num_threads: torch CPU threads during fit (None: torch default).
     """
@@ -153,7 +156,7 @@ class CMCLConfig:
     he_init: bool = True
     likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
-    decoder_sparsity: float = 0.03
+    decoder_sparsity: float = 0.0
     sparsity_samples: int = 8
     sparsity_dims: int = 4
     rotate_every: int = 5
@@ -191,6 +194,7 @@ class CMCLConfig:
     acyclicity: str = "expm"
     w_threshold: float = 0.3
     refit_dag: bool = True
+    orient_edges: bool = True
     refit_dag_max_samples: int = 2000
     num_threads: int | None = None
 

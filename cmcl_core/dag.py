@@ -278,25 +278,39 @@ class NotearsMLP(nn.Module):
         Returns:
             Scalar loss.
         """
+        return self.link_losses(X, pred).sum()
+
+    def link_losses(self, X: Tensor, pred: Tensor | None = None, log_mse: bool = False) -> Tensor:
+        """Per-variable link loss, mean over samples: ``[p]``.
+
+        Args:
+            X: ``[n, p]`` raw values (targets).
+            pred: ``[n, sum(out_dims)]`` output of ``forward(X)``; computed when None.
+            log_mse: continuous variables give ``0.5 log(mean squared error)`` instead of
+                ``0.5 * mean squared error``: the Gaussian negative log-likelihood per sample
+                with the noise variance at its maximum (constants dropped), in the same unit
+                (nats per sample) as the binary and categorical log-losses, so that scores of
+                different variables can be added (``cmcl_core.orientation``).
+        """
         if pred is None:
             pred = self(X)
         first = pred[:, self.out_start] if self.has_cat else pred  # [n, p]: first output each
-        total = X.new_zeros(())
+        out = X.new_zeros(X.shape[1])  # [p]
         if len(self.cont_idx):
-            resid = first[:, self.cont_idx] - X[:, self.cont_idx]  # [n, n_cont]
-            total = total + 0.5 * resid.pow(2).mean(0).sum()
+            mse = (first[:, self.cont_idx] - X[:, self.cont_idx]).pow(2).mean(0)  # [n_cont]
+            out = out.index_put((self.cont_idx,), 0.5 * (mse.log() if log_mse else mse))
         if len(self.bin_idx):
             bce = F.binary_cross_entropy_with_logits(
                 first[:, self.bin_idx], X[:, self.bin_idx], reduction="none"
             )  # [n, n_bin]
-            total = total + bce.mean(0).sum()
+            out = out.index_put((self.bin_idx,), bce.mean(0))
         if len(self.cat_idx):
             pad = torch.cat([pred, pred.new_full((pred.shape[0], 1), -torch.inf)], 1)
             logits = pad[:, self.cat_logit_idx]  # [n, sum(out_dims) + 1] -> [n, n_cat, K_max]
             logp = torch.log_softmax(logits, -1)  # [n, n_cat, K_max]
             codes = X[:, self.cat_idx].round().long().unsqueeze(-1)  # [n, n_cat, 1]
-            total = total - logp.gather(-1, codes).squeeze(-1).mean(0).sum()
-        return total
+            out = out.index_put((self.cat_idx,), -logp.gather(-1, codes).squeeze(-1).mean(0))
+        return out
 
     def l1_penalty(self, smooth: float = 0.0) -> Tensor:
         """L1 norm of the first-layer weights (Eq. 10, ``alpha_1`` term), each child's inputs

@@ -41,11 +41,16 @@ def jacobian_at(decoder: nn.Module, z: torch.Tensor, step: torch.Tensor) -> torc
     return (diff / step[:, None, None]).permute(1, 2, 0)
 
 
-def sparsest_rotation(J: torch.Tensor, iters: int = 300, seed: int = 0) -> torch.Tensor:
+def sparsest_rotation(
+    J: torch.Tensor, iters: int = 300, seed: int = 0, restarts: int = 0
+) -> torch.Tensor:
     """Orthogonal ``R`` [m, m] minimising ``sum |J R|`` for a Jacobian ``J`` [k, P, m].
 
-    Adam on a skew-symmetric parametrisation from the identity and from a few random
-    rotations (the L1 objective is not convex); the best end point wins.
+    Adam on a skew-symmetric parametrisation, from the identity (the current, whitened basis)
+    and from ``restarts`` random rotations (the L1 objective is not convex); the best end point
+    wins. No restart by default: on the Jacobians of every rotation of a 4/10 and a 20/40 fit
+    (8 each) the identity start ended lowest every time, within 0.3% of its 600-iteration value
+    after 300 iterations, and each restart costs as much as the whole search.
     """
     m = J.shape[-1]
     gen = torch.Generator().manual_seed(seed)
@@ -56,7 +61,8 @@ def sparsest_rotation(J: torch.Tensor, iters: int = 300, seed: int = 0) -> torch
 
     best_R, best = torch.eye(m), float(objective(torch.eye(m)))
     starts = [torch.zeros(m, m)]
-    starts += [torch.randn(m, m, generator=gen, dtype=torch.float64).float() for _ in range(3)]
+    for _ in range(restarts):
+        starts.append(torch.randn(m, m, generator=gen, dtype=torch.float64).float())
     for s0 in starts:
         S = s0.clone().requires_grad_(True)
         opt = torch.optim.Adam([S], lr=0.05)
@@ -66,8 +72,9 @@ def sparsest_rotation(J: torch.Tensor, iters: int = 300, seed: int = 0) -> torch
             loss.backward()
             opt.step()
         with torch.no_grad():
-            R = torch.linalg.matrix_exp(S - S.T)
-            val = float(objective(R))
+            A = (S - S.T).double()
+            R = torch.linalg.matrix_exp(A)  # float64: orthogonal to ~1e-15 (float32: ~1e-5)
+            val = float(objective(R.float()))
         if val < best:
             best, best_R = val, R
     return best_R.double()

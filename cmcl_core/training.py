@@ -5,8 +5,9 @@ representation ELBO (Eq. 19), (c) the DAG loss on ``V = [u, z]`` (Eq. 10) and, e
 ``cr_every`` steps, (d) the counterfactual contrastive regulariser (Eq. 13); one backward pass
 updates all modules (the classifier D has its own learning rate). ``rho`` and ``alpha`` are
 updated between epochs as in NOTEARS. After training the DAG is re-solved to convergence on
-``[u, E[z | x, u]]`` (``refit_dag``) and the causal functions are refitted on the final graph,
-so that interventions use exactly the reported edges.
+``[u, E[z | x, u]]`` (``refit_dag``), its edges are re-oriented by likelihood (``orient_edges``,
+``cmcl_core.orientation``) and the causal functions are refitted on the final graph, so that
+interventions use exactly the reported edges.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from cmcl_core import losses
 from cmcl_core.config import CMCLConfig
 from cmcl_core.dag import NotearsMLP, bipartite_mask, learn_dag, threshold_dag
+from cmcl_core.orientation import orient_edges
 from cmcl_core.rotation import rotate_latents
 
 if TYPE_CHECKING:
@@ -342,7 +344,7 @@ def _rotate(model: CMCL, images, u: np.ndarray, train_idx: np.ndarray, epoch: in
 
 
 def _rotations_on(cfg: CMCLConfig, model: CMCL) -> bool:
-    return bool(cfg.rotate_every) and model.posterior_ is not None and cfg.decoder_sparsity > 0
+    return bool(cfg.rotate_every) and model.posterior_ is not None
 
 
 def _rotation_due(cfg: CMCLConfig, epoch: int, model: CMCL) -> bool:
@@ -399,10 +401,12 @@ def _finalize(model: CMCL, cfg: CMCLConfig, images, u: np.ndarray, train_idx) ->
         if allowed is None:
             allowed = np.ones((d + m, d + m), dtype=bool) & ~np.eye(d + m, dtype=bool)
         W = np.zeros((d + m, d + m))
-        W[np.ix_(keep, keep)] = learn_dag(
-            X[:, keep],
-            var_types=[t for t, k in zip(types, keep, strict=True) if k],
-            allowed=np.asarray(allowed)[np.ix_(keep, keep)],
+        X_k, types_k = X[:, keep], [t for t, k in zip(types, keep, strict=True) if k]
+        allowed_k = np.asarray(allowed)[np.ix_(keep, keep)]
+        W_k = learn_dag(
+            X_k,
+            var_types=types_k,
+            allowed=allowed_k,
             seed=model.seed,
             hidden=cfg.dag_hidden,
             lambda1=cfg.lambda1,
@@ -410,6 +414,11 @@ def _finalize(model: CMCL, cfg: CMCLConfig, images, u: np.ndarray, train_idx) ->
             w_threshold=cfg.w_threshold,
             acyclicity=cfg.acyclicity,
         )
+        if cfg.orient_edges:
+            W_k = orient_edges(
+                X_k, W_k, types_k, allowed_k, model.seed, cfg.dag_hidden, cfg.lambda2
+            )
+        W[np.ix_(keep, keep)] = W_k
     else:
         W = threshold_dag(model.raw_adjacency_, cfg.w_threshold)
     model.weighted_adjacency_ = W

@@ -79,7 +79,10 @@ def test_rotation_schedule():
     assert due(epochs=60, rotate_every=5, rotate_until=30) == [5, 10, 15, 20, 25, 30]
     assert due(epochs=12, rotate_every=4, rotate_until=40) == [4, 8, 12]
     assert due(epochs=60, rotate_every=0) == []
-    assert due(epochs=60, decoder_sparsity=0.0) == []
+    # independent of the optional per-step sparsity term, off by default
+    assert due(epochs=10, decoder_sparsity=0.0) == due(epochs=10, decoder_sparsity=0.1) == [5, 10]
+    model.posterior_ = None  # no CM module (ablation): nothing to rotate
+    assert due(epochs=60, rotate_every=5) == []
 
 
 def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):

@@ -1,0 +1,187 @@
+"""Edge orientation by likelihood: a local search after NOTEARS.
+
+NOTEARS-MLP decides the skeleton well, but the direction of an edge is left to a non-convex
+augmented-Lagrangian solve whose equal-variance squared-error objective is not the
+likelihood, and it often settles on the wrong side of a near-tie. For an additive-noise model
+the direction *is* identifiable by likelihood (Hoyer et al. 2008; the score of CAM, Buhlmann,
+Peters and Ernest 2014): with ``v_j = f_j(Pa_j) + eps_j`` the log-likelihood of a graph is
+``-sum_j 0.5 log(mean squared residual of v_j | Pa_j)`` (Gaussian noise at its maximum-
+likelihood variance) plus the log-losses of the discrete variables. :func:`orient_edges` takes
+NOTEARS' graph and, edge by edge, compares that score with the edge reversed (each child's
+regression refitted: the same per-variable MLPs as NOTEARS, L-BFGS, no sparsity term, since
+a reversal moves one parent and keeps the number of edges), keeping the better orientation
+when the reversal is allowed and leaves the graph acyclic. Only the two end points' local
+scores change, so every candidate is scored from the regressions of its two end points, and
+all regressions of one pass are fitted together as one masked ``NotearsMLP``.
+
+Measured on the paper's synthetic graphs with the true latents (n = 1000, ``lambda1 = 0.05``,
+``benchmarks/orientation.py``): SHD 4/10 0.8 -> 0.0, 10/20 1.8 -> 0.4, 20/40 5.3 -> 1.0
+(seeds 0-4, 0-4, 0-2); the skeleton is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cmcl_core.acyclicity import is_dag
+from cmcl_core.dag import NotearsMLP, _prepare
+
+logger = logging.getLogger(__name__)
+
+#: One local regression: (child column, frozenset of parent columns).
+_Local = tuple[int, frozenset[int]]
+
+
+def local_scores(
+    X: torch.Tensor,
+    var_types: Sequence[str],
+    n_levels: Sequence[int],
+    regressions: Sequence[_Local],
+    hidden: Sequence[int] = (10,),
+    lambda2: float = 0.01,
+    max_iter: int = 150,
+    seed: int = 0,
+) -> dict[_Local, float]:
+    """Negative log-likelihood per sample of each child given its parents (lower is better).
+
+    All regressions are fitted at once: the data matrix is extended by one copy of each
+    regression's child column, whose allowed parents are exactly that regression's parents, and
+    a ``NotearsMLP`` over the extended matrix is fitted by L-BFGS on its link loss plus the L2
+    term. (Its per-variable MLPs are independent, so this equals fitting each alone.)
+
+    Args:
+        X: ``[n, p]`` prepared data (continuous columns standardised).
+        var_types: type of each column.
+        n_levels: level count of each column (1 unless categorical).
+        regressions: the ``(child, parents)`` pairs to score.
+        hidden: hidden widths of each MLP (as NOTEARS').
+        lambda2: L2 weight (as NOTEARS').
+        max_iter: L-BFGS iterations.
+        seed: seed of the MLP initialisation.
+
+    Returns:
+        ``(child, parents) -> nats per sample`` (continuous: ``0.5 log(MSE)``; discrete:
+        log-loss).
+    """
+    n, p = X.shape
+    k = len(regressions)
+    children = [c for c, _ in regressions]
+    Xa = torch.cat([X, X[:, children]], 1)  # [n, p] -> [n, p + k]
+    mask = np.zeros((p + k, p + k), dtype=bool)
+    for r, (_, parents) in enumerate(regressions):
+        mask[sorted(parents), p + r] = True
+    types = list(var_types) + [var_types[c] for c in children]
+    levels = list(n_levels) + [n_levels[c] for c in children]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = NotearsMLP(types, hidden, mask, levels).to(device=X.device, dtype=X.dtype)
+    opt = torch.optim.LBFGS(
+        model.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = model.loss(Xa) + 0.5 * lambda2 * model.l2_penalty()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        nll = model.link_losses(Xa, log_mse=True)[p:]  # [k]
+    return dict(zip(regressions, nll.tolist(), strict=True))
+
+
+def orient_edges(
+    X: np.ndarray,
+    W: np.ndarray,
+    var_types: Sequence[str] | None = None,
+    allowed: np.ndarray | None = None,
+    seed: int = 0,
+    hidden: Sequence[int] = (10,),
+    lambda2: float = 0.01,
+    max_passes: int = 3,
+    max_iter: int = 150,
+) -> np.ndarray:
+    """Re-orient the edges of ``W`` where the reversed edge has the higher likelihood.
+
+    Each pass scores every candidate edge ``i -> j`` by the gain in log-likelihood of reversing
+    it (``score_i(Pa_i) + score_j(Pa_j) - score_i(Pa_i + j) - score_j(Pa_j - i)``), then
+    reverses edges in order of decreasing gain while the gain is positive, the reversal is
+    allowed and the graph stays acyclic, at most one reversal per node per pass. The next pass
+    rescores only the edges that touch a node whose parents changed; it stops when nothing
+    changes (or after ``max_passes``).
+
+    Args:
+        X: ``[n, p]`` data (as ``learn_dag``'s: continuous columns are standardised here).
+        W: ``[p, p]`` weighted adjacency from ``learn_dag`` (``W[i, j] != 0``: ``i -> j``).
+        var_types: type per column (all continuous when None).
+        allowed: optional ``[p, p]`` mask of possible edges; a reversal must be allowed.
+        seed: seed of the regressions' initialisation.
+        hidden: hidden widths of each regression MLP.
+        lambda2: L2 weight of the regressions.
+        max_passes: passes of scoring and reversing.
+        max_iter: L-BFGS iterations per pass.
+
+    Returns:
+        ``[p, p]`` adjacency with the same skeleton and weights, some edges reversed.
+
+    Raises:
+        ValueError: malformed data (as ``learn_dag``) or ``W`` of the wrong shape.
+    """
+    Xs, types, levels, allowed = _prepare(X, var_types, allowed)
+    p = Xs.shape[1]
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape != (p, p):
+        raise ValueError(f"W must be [{p}, {p}] for X with {p} columns, got {W.shape}")
+    Xt = torch.as_tensor(Xs, dtype=torch.float64)
+    B = W != 0
+    todo = set(zip(*np.nonzero(B), strict=True))
+    for _ in range(max_passes):
+        edges = sorted((i, j) for i, j in todo if B[i, j] and (allowed is None or allowed[j, i]))
+        if not edges:
+            break
+
+        def pa(c: int, graph: np.ndarray = B) -> frozenset[int]:
+            return frozenset(np.flatnonzero(graph[:, c]).tolist())
+
+        need: dict[_Local, None] = {}  # ordered set
+        for i, j in edges:
+            for reg in ((i, pa(i)), (i, pa(i) | {j}), (j, pa(j)), (j, pa(j) - {i})):
+                need[reg] = None
+        s = local_scores(Xt, types, levels, list(need), hidden, lambda2, max_iter, seed)
+        gains = sorted(
+            (
+                (s[(i, pa(i))] + s[(j, pa(j))] - s[(i, pa(i) | {j})] - s[(j, pa(j) - {i})], i, j)
+                for i, j in edges
+            ),
+            reverse=True,
+        )
+        touched: set[int] = set()
+        reversed_now: set[tuple[int, int]] = set()
+        for gain, i, j in gains:
+            if gain <= 0 or i in touched or j in touched:
+                continue
+            B2 = B.copy()
+            B2[i, j], B2[j, i] = False, True
+            if not is_dag(B2):
+                continue
+            logger.debug("orient_edges: %d -> %d reversed (gain %.4f nats)", i, j, gain)
+            B = B2
+            touched |= {i, j}
+            reversed_now.add((j, i))
+        if not touched:
+            break
+        todo = {
+            (a, b)
+            for a, b in zip(*np.nonzero(B), strict=True)
+            if (a in touched or b in touched) and (a, b) not in reversed_now
+        }
+    out = np.where(B, np.maximum(np.abs(W), np.abs(W.T)), 0.0)  # weights follow the edge
+    n_rev = int((B & (W == 0)).sum())
+    if n_rev:
+        logger.info("orient_edges: %d of %d edges reversed by likelihood", n_rev, int(B.sum()))
+    return out
