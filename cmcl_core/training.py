@@ -415,9 +415,7 @@ def _finalize(model: CMCL, cfg: CMCLConfig, images, u: np.ndarray, train_idx) ->
             acyclicity=cfg.acyclicity,
         )
         if cfg.orient_edges:
-            W_k = orient_edges(
-                X_k, W_k, types_k, allowed_k, model.seed, cfg.dag_hidden, cfg.lambda2
-            )
+            W_k = orient_edges(X_k, W_k, types_k, allowed_k, model.seed, cfg.dag_hidden)
         W[np.ix_(keep, keep)] = W_k
     else:
         W = threshold_dag(model.raw_adjacency_, cfg.w_threshold)
