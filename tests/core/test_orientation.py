@@ -98,3 +98,16 @@ def test_bipartite_reversals_stay_bipartite():
     W[1, 0] = 0.9
     allowed = bipartite_mask(2, 2)  # {0, 1} x {2, 3}: the 1 - 0 edge cannot even exist
     np.testing.assert_array_equal(orient_edges(X, W, allowed=allowed), W)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_binary_effect_of_a_latent_stays_an_effect(seed):
+    """A steep logistic child: with NOTEARS' L2 weight (0.01) the shrunk logistic fit made
+    seed 2 reverse this right edge (the demo's z -> covid); the default 1e-3 keeps it."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=600)
+    u = rng.binomial(1, 1 / (1 + np.exp(-(3 * np.tanh(2 * z) + z)))).astype(float)
+    W = np.zeros((2, 2))
+    W[1, 0] = 1.0  # z -> u, the truth
+    out = orient_edges(np.stack([u, z], 1), W, ["binary", "continuous"])
+    assert out[1, 0] != 0 and out[0, 1] == 0
