@@ -15,7 +15,7 @@ scores change, so every candidate is scored from the regressions of its two end 
 all regressions of one pass are fitted together as one masked ``NotearsMLP``.
 
 Measured on the paper's synthetic graphs with the true latents (n = 1000, ``lambda1 = 0.05``,
-``benchmarks/orientation.py``, 5 seeds each): SHD 4/10 0.8 -> 0.0, 10/20 1.8 -> 0.4, 20/40
+``benchmarks/orientation.py``, 5 seeds each): SHD 4/10 0.8 -> 0.0, 10/20 1.8 -> 0.2, 20/40
 4.4 -> 0.8; the skeleton is unchanged.
 """
 
