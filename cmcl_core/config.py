@@ -139,7 +139,8 @@ class CMCLConfig:
             likelihood (``cmcl_core.orientation.orient_edges``: the additive-noise score of
             CAM, each end point's regression refitted). NOTEARS' squared-error solve often
             settles on the wrong side of a near-tie: with the true latents it fixed SHD 4/10
-            0.8 -> 0.0, 10/20 1.8 -> 0.2, 20/40 4.4 -> 0.8. Needs ``refit_dag``.
+            0.8 -> 0.0, 10/20 1.8 -> 0.2, 20/40 4.4 -> 0.8. Edges between two continuous
+            variables only (see ``orient_edges``). Needs ``refit_dag``.
         refit_dag_max_samples: subsample for the refit (it is super-linear in n).
         num_threads: torch CPU threads during fit (None: torch default).
     """

@@ -105,6 +105,7 @@ def orient_edges(
     lambda2: float = 1e-3,
     max_passes: int = 3,
     max_iter: int = 150,
+    continuous_only: bool = True,
 ) -> np.ndarray:
     """Re-orient the edges of ``W`` where the reversed edge has the higher likelihood.
 
@@ -129,6 +130,13 @@ def orient_edges(
             1e-3 and 1e-4 kept it (and fixed the one edge NOTEARS had reversed).
         max_passes: passes of scoring and reversing.
         max_iter: L-BFGS iterations per pass.
+        continuous_only: re-orient only edges between two continuous variables (default).
+            The score models a continuous root as Gaussian, and a learned latent is known
+            only up to a monotone transform, so its marginal is not Gaussian: against a
+            binary variable's log-loss that misspecification decided the direction. On the
+            demo cohort (CMCL latents, MCC 0.99) every L2 weight reversed the right
+            ``z -> covid``; NOTEARS had it right. Between two continuous variables both
+            directions carry one Gaussian term, and the comparison holds.
 
     Returns:
         ``[p, p]`` adjacency with the same skeleton and weights, some edges reversed.
@@ -145,7 +153,13 @@ def orient_edges(
     B = W != 0
     todo = set(zip(*np.nonzero(B), strict=True))
     for _ in range(max_passes):
-        edges = sorted((i, j) for i, j in todo if B[i, j] and (allowed is None or allowed[j, i]))
+        edges = sorted(
+            (i, j)
+            for i, j in todo
+            if B[i, j]
+            and (allowed is None or allowed[j, i])
+            and not (continuous_only and {types[i], types[j]} != {"continuous"})
+        )
         if not edges:
             break
 

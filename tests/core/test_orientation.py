@@ -109,5 +109,17 @@ def test_a_binary_effect_of_a_latent_stays_an_effect(seed):
     u = rng.binomial(1, 1 / (1 + np.exp(-(3 * np.tanh(2 * z) + z)))).astype(float)
     W = np.zeros((2, 2))
     W[1, 0] = 1.0  # z -> u, the truth
-    out = orient_edges(np.stack([u, z], 1), W, ["binary", "continuous"])
+    kw = dict(var_types=["binary", "continuous"], continuous_only=False)
+    out = orient_edges(np.stack([u, z], 1), W, **kw)
     assert out[1, 0] != 0 and out[0, 1] == 0
+
+
+def test_mixed_type_edges_are_left_to_notears_by_default():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=600)
+    u = rng.binomial(1, 1 / (1 + np.exp(-(3 * np.tanh(2 * z) + z)))).astype(float)
+    W = np.zeros((2, 2))
+    W[0, 1] = 1.0  # u -> z, reversed: not a candidate unless continuous_only=False
+    X = np.stack([u, z], 1)
+    np.testing.assert_array_equal(orient_edges(X, W, ["binary", "continuous"]), W)
+    assert orient_edges(X, W, ["binary", "continuous"], continuous_only=False)[1, 0] != 0
