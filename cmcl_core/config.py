@@ -113,7 +113,12 @@ class CMCLConfig:
             reconstruction term is computed (keeps the epoch cost near a plain VAE's).
         cr_every: run the CR step every this many optimiser steps.
         cr_samples: samples of the batch used by each CR step.
-        lr: Adam learning rate of the encoder/decoder/posterior/prior.
+        lr: Adam learning rate of the encoder/decoder/posterior/prior. 7e-4 (was 3e-3): the
+            latents emerge one at a time during training (the weakly visible ones last), and
+            a smaller step makes them emerge sooner, not later. 20/40, 40 epochs, seeds 0/1,
+            latent MCC (SHD): 3e-3 0.82/0.85 (11/13), 1.5e-3 0.89/0.88 (7/12), 1e-3 0.88/0.89
+            (7/10), 7e-4 0.94/0.91 (3/7), 4e-4 seed 1 0.90 (9), 6e-3 seed 1 0.55 (25). Seeds 0-2
+            at 4/10: SHD 0/0/0 with either; at 10/20 2/2/2 against 1/2/2, MCC 0.98 with either.
         lr_dag: Adam learning rate of the NOTEARS-MLP.
         lr_cr: Adam learning rate of the classifier D.
         batch_size: minibatch size.
@@ -177,7 +182,7 @@ class CMCLConfig:
     embed_recon_fraction: float = 0.25
     cr_every: int = 8
     cr_samples: int = 16
-    lr: float = 3e-3
+    lr: float = 7e-4
     lr_dag: float = 1e-2
     lr_cr: float = 1e-3
     batch_size: int = 32

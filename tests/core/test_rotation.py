@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 import torch
 
 from cmcl_core.config import CMCLConfig
 from cmcl_core.estimator import CMCL
-from cmcl_core.rotation import jacobian_at, rotate_latents, sparsest_rotation
+from cmcl_core.rotation import (
+    jacobian_at,
+    rewritten_parameters,
+    rotate_latents,
+    sparsest_rotation,
+)
 from cmcl_core.training import _rotation_due, posterior_means
 
 
@@ -65,6 +71,80 @@ def test_rotation_preserves_the_decoded_posterior_means():
     # the new latents are white: zero mean, identity covariance
     np.testing.assert_allclose(z_after.mean(0), 0.0, atol=1e-3)
     np.testing.assert_allclose(np.cov(z_after.T), np.eye(3), atol=1e-2)
+
+
+def test_rewritten_parameters_are_exactly_those_a_rotation_changes():
+    rng = np.random.default_rng(1)
+    images = rng.random((64, 1, 16, 16)).astype(np.float32)
+    u = rng.standard_normal((64, 2))
+    model = CMCL(
+        latent_dim=3,
+        seed=0,
+        device="cpu",
+        epochs=1,
+        batch_size=16,
+        rotate_every=0,
+        refit_dag=False,
+        num_threads=1,
+    ).fit(images, u)
+    modules = [getattr(model, name) for name in model._module_names()]
+    params = [p for mod in modules if mod is not None for p in mod.parameters()]
+    before = [p.detach().clone() for p in params]
+    rotate_latents(model, images, u, np.arange(64), seed=0)
+    changed = {id(p) for p, b in zip(params, before, strict=True) if not torch.equal(p, b)}
+    listed = {id(p) for p in rewritten_parameters(model)}
+    # every parameter the rotation touched has its optimiser moments dropped (the DAG's are
+    # re-initialised wholesale: a masked or zero weight may come back equal)
+    assert changed <= listed
+    assert listed - changed <= {id(p) for p in model.dag_.parameters()}
+    assert len(listed) < len(params) / 2  # the conv stacks keep their moments
+
+
+def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
+    import cmcl_core.training as training
+
+    kept = []
+
+    def spy(model, images, u, idx, seed):
+        gain = rotate_latents(model, images, u, idx, seed)
+        mods = [getattr(model, name) for name in model._module_names()]
+        own = {id(p) for mod in mods if mod is not None for p in mod.parameters()}
+        kept.append((own, {id(p) for p in rewritten_parameters(model)}))
+        return gain
+
+    monkeypatch.setattr(training, "rotate_latents", spy)
+    seen = {}
+    real_pop = dict.pop
+
+    class Watch(defaultdict):
+        def pop(self, key, *default):
+            seen[id(key)] = True
+            return real_pop(self, key, *default)
+
+    real_init = torch.optim.Adam.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        self.state = Watch(dict, self.state)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", init)
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 1, 16, 16)).astype(np.float32)
+    u = rng.standard_normal((64, 2))
+    CMCL(
+        latent_dim=2,
+        seed=0,
+        device="cpu",
+        epochs=2,
+        min_epochs=2,
+        batch_size=16,
+        rotate_every=1,
+        rotate_until=1,
+        refit_dag=False,
+        num_threads=1,
+    ).fit(images, u)
+    ((own, rewritten),) = kept  # ids taken at the rotation (the final refit replaces the DAG)
+    assert set(seen) & own == rewritten
 
 
 def test_rotation_schedule():
