@@ -247,7 +247,7 @@ def train(
 
     opt = torch.optim.Adam(
         [
-            {"params": rep, "lr": cfg.lr},
+            {"params": rep, "lr": cfg.learning_rate(model.latent_dim_)},
             {"params": list(model.dag_.parameters()), "lr": cfg.lr_dag},
             {"params": list(model.classifier_.parameters()), "lr": cfg.lr_cr},
         ]

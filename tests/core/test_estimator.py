@@ -229,6 +229,13 @@ def test_config_from_dict():
         with pytest.raises(ValueError, match="cr_hidden must be a list of layer widths"):
             CMCLConfig(cr_hidden=bad)
     assert CMCLConfig(posterior_hidden=None).posterior_hidden is None  # width from latent_dim
+    # the representation's learning rate: from the number of latents unless set
+    assert CMCLConfig().learning_rate(2) == CMCLConfig().learning_rate(4) == 3e-3
+    assert CMCLConfig().learning_rate(20) == pytest.approx(7e-4)
+    assert CMCLConfig(lr=1e-3).learning_rate(20) == 1e-3
+    for bad in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="learning rates must be > 0"):
+            CMCLConfig(lr=bad)
     with pytest.raises(ValueError, match="Unknown model setting"):
         CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
 
