@@ -44,21 +44,26 @@ def test_jacobian_at_matches_autograd():
     torch.testing.assert_close(J, exact, atol=2e-3, rtol=1e-2)
 
 
+def _noise_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 16, 16)).astype(np.float32), rng.standard_normal((n, 2))
+
+
+def _tiny_fit(n: int, data_seed: int, **kw) -> tuple[CMCL, np.ndarray, np.ndarray]:
+    """A few epochs on pixel noise (no rotation unless asked): a model to rotate."""
+    images, u = _noise_data(n, data_seed)
+    cfg = dict(latent_dim=3, seed=0, device="cpu", epochs=2, min_epochs=2, batch_size=16)
+    cfg.update(rotate_every=0, refit_dag=False, num_threads=1)
+    return CMCL(**{**cfg, **kw}).fit(images, u), images, u
+
+
+def _own_parameters(model: CMCL) -> list[torch.nn.Parameter]:
+    modules = [getattr(model, name) for name in model._module_names()]
+    return [p for mod in modules if mod is not None for p in mod.parameters()]
+
+
 def test_rotation_preserves_the_decoded_posterior_means():
-    rng = np.random.default_rng(0)
-    images = rng.random((96, 1, 16, 16)).astype(np.float32)
-    u = rng.standard_normal((96, 2))
-    model = CMCL(
-        latent_dim=3,
-        seed=0,
-        device="cpu",
-        epochs=2,
-        min_epochs=2,
-        batch_size=16,
-        rotate_every=0,
-        refit_dag=False,
-        num_threads=1,
-    ).fit(images, u)
+    model, images, u = _tiny_fit(96, data_seed=0)
     idx = np.arange(96)
     z_before = posterior_means(model, images, u, idx)
     with torch.no_grad():
@@ -74,21 +79,8 @@ def test_rotation_preserves_the_decoded_posterior_means():
 
 
 def test_rewritten_parameters_are_exactly_those_a_rotation_changes():
-    rng = np.random.default_rng(1)
-    images = rng.random((64, 1, 16, 16)).astype(np.float32)
-    u = rng.standard_normal((64, 2))
-    model = CMCL(
-        latent_dim=3,
-        seed=0,
-        device="cpu",
-        epochs=1,
-        batch_size=16,
-        rotate_every=0,
-        refit_dag=False,
-        num_threads=1,
-    ).fit(images, u)
-    modules = [getattr(model, name) for name in model._module_names()]
-    params = [p for mod in modules if mod is not None for p in mod.parameters()]
+    model, images, u = _tiny_fit(64, data_seed=1, epochs=1, min_epochs=1)
+    params = _own_parameters(model)
     before = [p.detach().clone() for p in params]
     rotate_latents(model, images, u, np.arange(64), seed=0)
     changed = {id(p) for p, b in zip(params, before, strict=True) if not torch.equal(p, b)}
@@ -107,8 +99,7 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
 
     def spy(model, images, u, idx, seed):
         gain = rotate_latents(model, images, u, idx, seed)
-        mods = [getattr(model, name) for name in model._module_names()]
-        own = {id(p) for mod in mods if mod is not None for p in mod.parameters()}
+        own = {id(p) for p in _own_parameters(model)}
         kept.append((own, {id(p) for p in rewritten_parameters(model)}))
         return gain
 
@@ -128,21 +119,7 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
         self.state = Watch(dict, self.state)
 
     monkeypatch.setattr(torch.optim.Adam, "__init__", init)
-    rng = np.random.default_rng(0)
-    images = rng.random((64, 1, 16, 16)).astype(np.float32)
-    u = rng.standard_normal((64, 2))
-    CMCL(
-        latent_dim=2,
-        seed=0,
-        device="cpu",
-        epochs=2,
-        min_epochs=2,
-        batch_size=16,
-        rotate_every=1,
-        rotate_until=1,
-        refit_dag=False,
-        num_threads=1,
-    ).fit(images, u)
+    _tiny_fit(64, data_seed=0, latent_dim=2, rotate_every=1, rotate_until=1)
     ((own, rewritten),) = kept  # ids taken at the rotation (the final refit replaces the DAG)
     assert set(seen) & own == rewritten
 
@@ -175,9 +152,7 @@ def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):
         return rotate_latents(model, images, u, idx, seed)
 
     monkeypatch.setattr(training, "rotate_latents", spy)
-    rng = np.random.default_rng(0)
-    images = rng.random((64, 1, 16, 16)).astype(np.float32)
-    u = rng.standard_normal((64, 2))
+    images, u = _noise_data(64, seed=0)
     kw = dict(latent_dim=2, seed=0, device="cpu", epochs=3, min_epochs=3, batch_size=16)
     CMCL(**kw, rotate_every=2, num_threads=1).fit(images, u)
     assert seen == [1, 3]  # after epoch 2 (0-based 1), then once more before the DAG solve
