@@ -40,6 +40,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,42 +113,35 @@ def _score(data, z_hat: np.ndarray, W_est: np.ndarray, mic_max_latents: int) -> 
     return {"mic": 100.0 * mic_score, "mcc": mcc_score, "matching": how, **acc}
 
 
-def _fit_cmcl(
-    data,
-    method: str,
-    seed: int,
-    epochs: int | None,
-    device: str | None,
-    dag_kwargs,
-    cmcl_set,
-    orient: bool,
-):
+@dataclass(frozen=True)
+class _FitOptions:
+    """What ``run_cell`` passes to a method's fit function (see its arguments)."""
+
+    epochs: int | None = None
+    device: str | None = None
+    dag_kwargs: dict = field(default_factory=dict)
+    cmcl_set: dict = field(default_factory=dict)
+    orient: bool = True
+
+
+def _fit_cmcl(data, method: str, seed: int, opts: _FitOptions):
     from cmcl_core.estimator import CMCL  # imported late: the heaviest dependency
 
     use_cm, use_cr = CMCL_VARIANTS[method]
-    overrides = {**cmcl_set, "use_cm": use_cm, "use_cr": use_cr}
-    if epochs is not None:
-        overrides["epochs"] = epochs
+    overrides = {**opts.cmcl_set, "use_cm": use_cm, "use_cr": use_cr}
+    if opts.epochs is not None:
+        overrides["epochs"] = opts.epochs
     m = data.z.shape[1]
-    model = CMCL(latent_dim=m, device=device, seed=seed, **overrides)
+    model = CMCL(latent_dim=m, device=opts.device, seed=seed, **overrides)
     model.fit(data.images, data.u, u_types=list(data.u_types), u_names=list(data.u_names))
     z_hat = model.transform(data.images, data.u)  # [n, m]
     epochs_run = len(getattr(model, "history_", []) or []) or None
     return z_hat, np.asarray(model.weighted_adjacency_), {"epochs_run": epochs_run}
 
 
-def _fit_two_stage(
-    data,
-    method: str,
-    seed: int,
-    epochs: int | None,
-    device: str | None,
-    dag_kwargs,
-    cmcl_set,
-    orient: bool,
-):
+def _fit_two_stage(data, method: str, seed: int, opts: _FitOptions):
     d, m = data.u.shape[1], data.z.shape[1]
-    cfg = BaselineConfig() if epochs is None else BaselineConfig(epochs=epochs)
+    cfg = BaselineConfig() if opts.epochs is None else BaselineConfig(epochs=opts.epochs)
     t_rep = time.perf_counter()
     if method == "oracle":  # the true latents: an upper bound for the DAG stage
         z_hat, rep_s = np.asarray(data.z, np.float64), 0.0
@@ -158,7 +152,7 @@ def _fit_two_stage(
         z_hat = X_img @ Vt[:m].T  # [n, HW] -> [n, m]
         rep_s = time.perf_counter() - t_rep
     else:
-        learner = TwoStageLearner(method, m, cfg, device=device, seed=seed)
+        learner = TwoStageLearner(method, m, cfg, device=opts.device, seed=seed)
         z_hat = learner.fit(data.images, data.u).transform(data.images, data.u)  # [n, m]
         rep_s = learner.fit_seconds_
     t_dag = time.perf_counter()
@@ -166,8 +160,10 @@ def _fit_two_stage(
     X = np.concatenate([np.asarray(data.u, np.float64), z_std], axis=1)  # [n, d + m]
     var_types = list(data.u_types) + ["continuous"] * m
     allowed = bipartite_mask(d, m)
-    W = learn_dag(X, var_types=var_types, allowed=allowed, seed=seed, device=device, **dag_kwargs)
-    if orient:  # the same DAG stage as CMCL's (CMCLConfig.orient_edges)
+    W = learn_dag(
+        X, var_types=var_types, allowed=allowed, seed=seed, device=opts.device, **opts.dag_kwargs
+    )
+    if opts.orient:  # the same DAG stage as CMCL's (CMCLConfig.orient_edges)
         W = orient_edges(X, W, var_types, allowed, seed)
     return (
         z_hat,
@@ -176,7 +172,7 @@ def _fit_two_stage(
             "epochs_run": None if method in REFERENCES else cfg.epochs,
             "rep_s": rep_s,
             "dag_s": time.perf_counter() - t_dag,
-            "orient": orient,
+            "orient": opts.orient,
         },
     )
 
@@ -215,9 +211,8 @@ def run_cell(
     """
     t0 = time.perf_counter()
     fit = _fit_cmcl if method in CMCL_VARIANTS else _fit_two_stage
-    z_hat, W, info = fit(
-        data, method, seed, epochs, device, dag_kwargs or {}, cmcl_set or {}, orient
-    )
+    opts = _FitOptions(epochs, device, dict(dag_kwargs or {}), dict(cmcl_set or {}), orient)
+    z_hat, W, info = fit(data, method, seed, opts)
     fit_s = time.perf_counter() - t0
     rec = _score(data, z_hat, W, mic_max_latents)
     rec.update(info, fit_s=fit_s, score_s=time.perf_counter() - t0 - fit_s)
