@@ -7,6 +7,7 @@ rejects unknown keys, so a typo in a config file is an error rather than a silen
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +216,9 @@ class CMCLConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._type_problems()
+        if problems:  # range checks below would fail on the wrong type with a bare TypeError
+            raise ValueError("Invalid CMCLConfig: " + "; ".join(problems) + ".")
         for name in _TUPLE_FIELDS:
             value = getattr(self, name)
             if value is None and name == "posterior_hidden":  # width from latent_dim at fit
@@ -253,6 +256,28 @@ class CMCLConfig:
             problems.append("w_threshold must be >= 0")
         if problems:
             raise ValueError("Invalid CMCLConfig: " + "; ".join(problems) + ".")
+
+    def _type_problems(self) -> list[str]:
+        """Fields of the wrong type (a YAML ``"1e-3"`` string, a ``1`` for a flag), each named,
+        judged by the field's annotation; the layer-width tuples are checked separately."""
+        checks = {
+            "float": ("a number", lambda v: isinstance(v, numbers.Real)),
+            "int": ("an integer", lambda v: isinstance(v, numbers.Integral)),
+            "bool": ("true or false", lambda v: isinstance(v, bool)),
+            "str": ("a string", lambda v: isinstance(v, str)),
+        }
+        problems = []
+        for f in dataclasses.fields(self):
+            kind, optional, _ = str(f.type).partition(" | None")
+            value = getattr(self, f.name)
+            if kind not in checks or (optional and value is None):
+                continue
+            want, ok = checks[kind]
+            if isinstance(value, bool) and kind != "bool" or not ok(value):
+                problems.append(
+                    f"{f.name} must be {want}{' or null' * bool(optional)}, got {value!r}"
+                )
+        return problems
 
     def learning_rate(self, latent_dim: int) -> float:
         """The representation modules' Adam rate for ``latent_dim`` latents (``lr``)."""

@@ -236,6 +236,17 @@ def test_config_from_dict():
     for bad in (0.0, -1e-3):
         with pytest.raises(ValueError, match="learning rates must be > 0"):
             CMCLConfig(lr=bad)
+    # a wrong type is named, not a bare TypeError from a range check (YAML "1e-3" is a string)
+    for key, bad, want in (
+        ("lr", "1e-3", "lr must be a number or null"),
+        ("epochs", 2.5, "epochs must be an integer"),
+        ("use_cr", 1, "use_cr must be true or false"),
+        ("batch_size", True, "batch_size must be an integer"),
+        ("likelihood", 0, "likelihood must be a string"),
+    ):
+        with pytest.raises(ValueError, match=want):
+            CMCLConfig.from_dict({key: bad})
+    assert CMCLConfig(epochs=np.int64(3), lambda2=np.float32(0.1), lambda1=1).epochs == 3
     with pytest.raises(ValueError, match="Unknown model setting"):
         CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
 
