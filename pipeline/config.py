@@ -37,17 +37,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cmcl_core.variables import VariableType
 from pipeline.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class VariableType(StrEnum):
-    """How a clinical variable enters the causal model (its link function)."""
-
-    CONTINUOUS = "continuous"
-    BINARY = "binary"
-    CATEGORICAL = "categorical"
 
 
 class MriReduction(StrEnum):
