@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmcl_core.dag import bipartite_mask, learn_dag
+from cmcl_core.dag import learn_dag
+from cmcl_core.graph import bipartite_mask
 from cmcl_core.metrics import count_accuracy
 from cmcl_core.orientation import orient_edges
 from cmcl_core.simulate import simulate_setting

@@ -48,7 +48,8 @@ import torch
 
 from benchmarks.baselines import BASELINES, BaselineConfig, TwoStageLearner
 from benchmarks.synthetic_report import write_report
-from cmcl_core.dag import bipartite_mask, learn_dag
+from cmcl_core.dag import learn_dag
+from cmcl_core.graph import bipartite_mask
 from cmcl_core.metrics import count_accuracy, mcc, mic, mic_matched
 from cmcl_core.orientation import orient_edges
 

@@ -1,24 +1,22 @@
-"""Acyclicity functions h(W) and graph post-processing for the DAG learner.
+"""Acyclicity functions h(W) and the augmented Lagrangian that drives h(W) to zero.
 
 ``h(W) = 0`` exactly when the weighted adjacency ``W`` is a DAG (paper Eq. 8,
-Zheng et al. 2018); both functions below are pure torch, differentiable, and run on
-GPU tensors. ``threshold_dag`` and ``bipartite_mask`` work on numpy arrays.
+Zheng et al. 2018); the functions below are pure torch, differentiable, and run on
+GPU tensors. :class:`AugmentedLagrangian` holds the dual-ascent state (``rho``, ``alpha``) that
+both the standalone solver (``dag.learn_dag``) and the joint training loop update.
 
 Convention everywhere: ``W[i, j] != 0`` means the edge ``i -> j``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["bipartite_mask", "find_cycle", "h_expm", "h_logdet", "is_dag", "threshold_dag"]
+__all__ = ["AugmentedLagrangian", "h_expm", "h_logdet"]
 
 
 def h_expm_sq(A: Tensor) -> Tensor:
@@ -83,104 +81,58 @@ def h_logdet(W: Tensor, s: float = 1.0) -> Tensor:
     return h_logdet_sq(W * W, s)  # [d, d] -> []
 
 
-def find_cycle(B: np.ndarray) -> list[int] | None:
-    """One directed cycle of the graph ``B`` (``B[i, j] != 0`` means ``i -> j``), or None.
+@dataclass
+class AugmentedLagrangian:
+    """Dual-ascent state for the constraint ``h(W) = 0`` (NOTEARS, Zheng et al. 2018, Alg. 1).
 
-    Iterative depth-first search (no recursion limit); written by hand because networkx is
-    not a cmcl_core dependency.
-
-    Args:
-        B: ``[d, d]`` adjacency (any dtype; non-zero entries are edges).
-
-    Returns:
-        The nodes ``[v0, v1, ..., vk]`` of a cycle ``v0 -> v1 -> ... -> vk -> v0``, or None.
-    """
-    d = B.shape[0]
-    children = [np.flatnonzero(B[i]).tolist() for i in range(d)]
-    state = [0] * d  # 0 = unseen, 1 = on the stack, 2 = done
-    parent = [-1] * d
-    for root in range(d):
-        if state[root]:
-            continue
-        stack = [(root, iter(children[root]))]
-        state[root] = 1
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[node] = 2
-                stack.pop()
-            elif state[nxt] == 1:  # back edge node -> nxt closes a cycle
-                cycle = [node]
-                while cycle[-1] != nxt:
-                    cycle.append(parent[cycle[-1]])
-                return cycle[::-1]
-            elif state[nxt] == 0:
-                state[nxt] = 1
-                parent[nxt] = node
-                stack.append((nxt, iter(children[nxt])))
-    return None
-
-
-def is_dag(B: np.ndarray) -> bool:
-    """True when the graph ``B`` (``B[i, j] != 0`` means ``i -> j``) has no directed cycle."""
-    return find_cycle(np.asarray(B)) is None
-
-
-def threshold_dag(W: np.ndarray, w_threshold: float = 0.3) -> np.ndarray:
-    """Zero the weak edges of ``W`` and break any surviving cycle.
-
-    Entries with ``|W| < w_threshold`` and the diagonal are zeroed; then, while a directed
-    cycle exists, the weakest edge on it is removed (each removal is logged at INFO).
+    The primal problem adds :meth:`penalty` ``0.5 rho h^2 + alpha h`` to its loss (Eq. 10 writes
+    the constraint as a weighted term; NOTEARS enforces it this way). After each primal solve the
+    caller asks :meth:`too_slow` and, if so, :meth:`raise_rho`; then :meth:`ascend` moves
+    ``alpha``. ``dag.learn_dag`` re-solves at the same ``alpha`` while progress is too slow (the
+    reference's inner loop); the joint training loop takes one epoch as its primal step.
 
     Args:
-        W: ``[d, d]`` weighted adjacency, ``W[i, j] != 0`` means ``i -> j``.
-        w_threshold: edges weaker than this (in absolute value) are dropped.
-
-    Returns:
-        A new ``[d, d]`` array (same dtype as ``W``, float) that is a DAG.
-
-    Raises:
-        ValueError: when ``W`` is not a finite square matrix or the threshold is negative.
+        rho_init: initial penalty ``rho``.
+        rho_mult: factor applied to ``rho`` when ``h`` did not shrink enough.
+        rho_max: cap on ``rho``.
+        h_shrink: progress is too slow when ``h_new > h_shrink * h`` (NOTEARS: 0.25).
     """
-    W = np.array(W, dtype=float, copy=True)
-    if W.ndim != 2 or W.shape[0] != W.shape[1]:
-        raise ValueError(f"threshold_dag needs a square [d, d] matrix, got shape {W.shape}")
-    if not np.all(np.isfinite(W)):
-        raise ValueError("threshold_dag got a W with NaN or inf entries; check the solver output")
-    if w_threshold < 0:
-        raise ValueError(f"w_threshold must be >= 0, got {w_threshold}")
-    W[np.abs(W) < w_threshold] = 0.0
-    np.fill_diagonal(W, 0.0)
-    while (cycle := find_cycle(W)) is not None:
-        edges = list(zip(cycle, cycle[1:] + cycle[:1], strict=True))
-        i, j = min(edges, key=lambda e: abs(W[e]))
-        logger.info(
-            "threshold_dag: cycle %s survived thresholding; dropping its weakest edge %d -> %d "
-            "(|w| = %.4g)",
-            " -> ".join(map(str, cycle + cycle[:1])),
-            i,
-            j,
-            abs(W[i, j]),
-        )
-        W[i, j] = 0.0
-    return W
 
+    rho_init: float = 1.0
+    rho_mult: float = 10.0
+    rho_max: float = 1e16
+    h_shrink: float = 0.25
+    rho: float = field(init=False)
+    alpha: float = field(init=False)
+    h: float = field(init=False)  # h of the last accepted primal solution
 
-def bipartite_mask(d: int, m: int) -> np.ndarray:
-    """Allowed-edge mask of the paper's bipartite assumption: edges only between u and z.
+    def __post_init__(self) -> None:
+        self.reset()
 
-    Args:
-        d: number of structured variables ``u`` (the first ``d`` nodes).
-        m: number of latent variables ``z`` (the last ``m`` nodes).
+    def reset(self) -> None:
+        """Start again from ``rho_init``, ``alpha = 0`` (e.g. after the DAG is re-initialised)."""
+        self.rho, self.alpha, self.h = self.rho_init, 0.0, math.inf
 
-    Returns:
-        ``[(d + m), (d + m)]`` bool array, True exactly for ``u -> z`` and ``z -> u`` pairs.
+    def penalty(self, h: Tensor) -> Tensor:
+        """``0.5 rho h^2 + alpha h`` for the current ``rho`` and ``alpha`` (scalar tensor)."""
+        return 0.5 * self.rho * h * h + self.alpha * h
 
-    Raises:
-        ValueError: when ``d`` or ``m`` is negative.
-    """
-    if d < 0 or m < 0:
-        raise ValueError(f"bipartite_mask needs d >= 0 and m >= 0, got d={d}, m={m}")
-    is_u = np.arange(d + m) < d  # [d + m]
-    return is_u[:, None] != is_u[None, :]  # [d + m, d + m]
+    def too_slow(self, h_new: float) -> bool:
+        """Whether ``h`` shrank by less than ``h_shrink`` since the last accepted solution."""
+        return h_new > self.h_shrink * self.h
+
+    def raise_rho(self) -> None:
+        """Multiply ``rho`` by ``rho_mult``, up to ``rho_max``."""
+        self.rho = min(self.rho * self.rho_mult, self.rho_max)
+
+    def ascend(self, h_new: float) -> None:
+        """Accept a primal solution with acyclicity ``h_new``: ``alpha += rho h_new``."""
+        self.alpha += self.rho * h_new
+        self.h = h_new
+
+    def update(self, h_new: float) -> None:
+        """One dual step after a single (inexact) primal step: raise ``rho`` if progress was
+        too slow, then ascend."""
+        if self.too_slow(h_new):
+            self.raise_rho()
+        self.ascend(h_new)

@@ -20,7 +20,6 @@ Convention everywhere: ``W[i, j] != 0`` means the edge ``i -> j``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -31,45 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmcl_core.acyclicity import (
-    bipartite_mask,
-    h_expm,
-    h_expm_sq,
-    h_logdet,
-    h_logdet_sq,
-    is_dag,
-    threshold_dag,
-)
+from cmcl_core.acyclicity import AugmentedLagrangian, h_expm_sq, h_logdet_sq
+from cmcl_core.graph import threshold_dag
+from cmcl_core.variables import check_var_types
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "VAR_TYPES",
-    "DagConfig",
-    "NotearsMLP",
-    "bipartite_mask",
-    "h_expm",
-    "h_logdet",
-    "is_dag",
-    "learn_dag",
-    "threshold_dag",
-]
+__all__ = ["DagConfig", "NotearsMLP", "learn_dag", "prepare_data"]
 
-VAR_TYPES = ("continuous", "binary", "categorical")
 ACYCLICITY_KINDS = ("expm", "logdet")
-
-
-def _check_var_types(var_types: Sequence[str], p: int | None = None) -> list[str]:
-    var_types = [str(t) for t in var_types]
-    bad = sorted({t for t in var_types if t not in VAR_TYPES})
-    if bad:
-        raise ValueError(f"unknown var_types {bad}: each entry must be one of {VAR_TYPES}")
-    if p is not None and len(var_types) != p:
-        raise ValueError(
-            f"var_types has {len(var_types)} entries but X has {p} columns: "
-            "give one type per column"
-        )
-    return var_types
 
 
 class NotearsMLP(nn.Module):
@@ -82,7 +51,7 @@ class NotearsMLP(nn.Module):
     continuous data (``learn_dag`` does).
 
     Args:
-        var_types: one of ``VAR_TYPES`` per variable, length ``p``.
+        var_types: a ``VariableType`` name per variable, length ``p``.
         hidden: widths of the hidden layers of each MLP (paper Appendix D.3: 3 x 10).
         allowed: optional ``[p, p]`` bool mask; ``allowed[i, j]`` False makes ``i -> j``
             impossible. The diagonal is always masked (no self-loops).
@@ -100,7 +69,7 @@ class NotearsMLP(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.var_types = _check_var_types(var_types)
+        self.var_types = check_var_types(var_types)
         p = self.p = len(self.var_types)
         self.hidden = tuple(int(h) for h in hidden)
         if p < 1 or not self.hidden or min(self.hidden) < 1:
@@ -407,10 +376,22 @@ class DagConfig:
             raise ValueError(f"hidden must be non-empty positive widths, got {self.hidden}")
 
 
-def _prepare(
+def prepare_data(
     X: np.ndarray, var_types: Sequence[str] | None, allowed: np.ndarray | None
 ) -> tuple[np.ndarray, list[str], list[int], np.ndarray | None]:
-    """Validate ``learn_dag`` inputs; standardise continuous columns. Raises ValueError."""
+    """Validate a data matrix for the DAG learner and standardise its continuous columns.
+
+    Args:
+        X: ``[n, p]`` data: continuous columns in any scale, binary 0/1, categorical codes.
+        var_types: a type per column (all continuous when None).
+        allowed: optional ``[p, p]`` mask of possible edges.
+
+    Returns:
+        (standardised float64 data, types, level count per column, mask as bool or None).
+
+    Raises:
+        ValueError: naming the column and the fix.
+    """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
         raise ValueError(f"X must be a 2-D [n, p] array with n >= 2 samples, got shape {X.shape}")
@@ -423,7 +404,7 @@ def _prepare(
         bad = sorted(set(np.argwhere(~np.isfinite(X))[:, 1].tolist()))
         raise ValueError(f"X has NaN or inf values in columns {bad}: impute or drop those rows")
     n, p = X.shape
-    types = _check_var_types(var_types if var_types is not None else ["continuous"] * p, p)
+    types = check_var_types(var_types if var_types is not None else ["continuous"] * p, p)
     levels = [1] * p
     for k, t in enumerate(types):
         col = X[:, k]
@@ -454,7 +435,22 @@ def learn_dag(
     allowed: np.ndarray | None = None,
     seed: int = 0,
     device: str | None = None,
-    **hyperparameters,
+    *,
+    hidden: Sequence[int] = (10,),
+    lambda1: float = 0.01,
+    lambda2: float = 0.01,
+    w_threshold: float = 0.3,
+    acyclicity: str = "expm",
+    s: float = 1.0,
+    h_tol: float = 1e-8,
+    rho_max: float = 1e16,
+    max_iter: int = 100,
+    lbfgs_max_iter: int = 500,
+    lbfgs_history: int = 20,
+    lbfgs_tol: float = 1e-9,
+    l1_smooth: float = 1e-3,
+    dtype: str = "float32",
+    bias: bool = True,
 ) -> np.ndarray:
     """Learn a causal DAG with NOTEARS-MLP (Zheng et al. 2020; paper Eq. 8-10).
 
@@ -470,25 +466,39 @@ def learn_dag(
 
     Args:
         X: ``[n, p]`` data.
-        var_types: one of ``VAR_TYPES`` per column; all continuous when None.
-        allowed: optional ``[p, p]`` bool mask of possible edges (e.g. ``bipartite_mask``).
+        var_types: a ``VariableType`` name per column; all continuous when None.
+        allowed: optional ``[p, p]`` bool mask of possible edges (e.g. ``graph.bipartite_mask``).
         seed: seed of the MLP initialisation.
         device: torch device (e.g. ``"cuda"``); CPU when None.
-        **hyperparameters: any ``DagConfig`` field (e.g. ``lambda1=0.02``, ``acyclicity="logdet"``).
+        hidden, lambda1, lambda2, w_threshold, acyclicity, s, h_tol, rho_max, max_iter,
+            lbfgs_max_iter, lbfgs_history, lbfgs_tol, l1_smooth, dtype, bias: the solver's
+            settings, documented on :class:`DagConfig`.
 
     Returns:
         ``[p, p]`` numpy weighted adjacency, thresholded and acyclic; ``W[i, j] != 0`` means
         ``i -> j``.
 
     Raises:
-        ValueError: on malformed data, types, mask or unknown hyperparameters.
+        ValueError: on malformed data, types, mask or settings.
     """
-    fields = {f.name for f in dataclasses.fields(DagConfig)}
-    unknown = sorted(set(hyperparameters) - fields)
-    if unknown:
-        raise ValueError(f"unknown learn_dag hyperparameters {unknown}; valid: {sorted(fields)}")
-    cfg = DagConfig(**hyperparameters)
-    Xs, types, levels, allowed = _prepare(X, var_types, allowed)
+    cfg = DagConfig(
+        hidden=tuple(hidden),
+        lambda1=lambda1,
+        lambda2=lambda2,
+        w_threshold=w_threshold,
+        acyclicity=acyclicity,
+        s=s,
+        h_tol=h_tol,
+        rho_max=rho_max,
+        max_iter=max_iter,
+        lbfgs_max_iter=lbfgs_max_iter,
+        lbfgs_history=lbfgs_history,
+        lbfgs_tol=lbfgs_tol,
+        l1_smooth=l1_smooth,
+        dtype=dtype,
+        bias=bias,
+    )
+    Xs, types, levels, allowed = prepare_data(X, var_types, allowed)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     dev = torch.device(device or "cpu")
     with torch.random.fork_rng(devices=[]):
@@ -505,7 +515,9 @@ def learn_dag(
     return threshold_dag(W, cfg.w_threshold)
 
 
-def _primal_solve(model: NotearsMLP, X: Tensor, cfg: DagConfig, rho: float, alpha: float) -> int:
+def _primal_solve(
+    model: NotearsMLP, X: Tensor, cfg: DagConfig, constraint: AugmentedLagrangian
+) -> int:
     """Minimise the augmented Lagrangian at fixed (rho, alpha) with L-BFGS; returns #evaluations.
 
     Objective: ``loss + 0.5 rho h^2 + alpha h + 0.5 lambda2 l2 + lambda1 l1_smooth``.
@@ -533,7 +545,9 @@ def _primal_solve(model: NotearsMLP, X: Tensor, cfg: DagConfig, rho: float, alph
             # backtrack; the data term keeps the gradient defined.
             obj = loss + 1e30
         else:
-            obj = loss + 0.5 * rho * h_val * h_val + alpha * h_val
+            # the terms of AugmentedLagrangian.penalty, summed in the reference's order (a
+            # different float32 order moves L-BFGS's end point and the reported weights)
+            obj = loss + 0.5 * constraint.rho * h_val * h_val + constraint.alpha * h_val
         obj = obj + 0.5 * cfg.lambda2 * model.l2_penalty()
         obj = obj + cfg.lambda1 * model.l1_penalty(cfg.l1_smooth)
         obj.backward()
@@ -545,42 +559,47 @@ def _primal_solve(model: NotearsMLP, X: Tensor, cfg: DagConfig, rho: float, alph
 
 def _solve(model: NotearsMLP, X: Tensor, cfg: DagConfig) -> np.ndarray:
     """Augmented-Lagrangian loop of the reference ``notears_nonlinear``; returns raw ``W``."""
-    rho, alpha, h = 1.0, 0.0, math.inf
+    constraint = AugmentedLagrangian(rho_init=1.0, rho_mult=10.0, rho_max=cfg.rho_max)
     params = [q for q in model.parameters() if q.requires_grad]
     for it in range(cfg.max_iter):
         h_new = math.inf
-        while rho < cfg.rho_max:
+        while constraint.rho < cfg.rho_max:
             backup = [q.detach().clone() for q in params]
-            n_evals = _primal_solve(model, X, cfg, rho, alpha)
+            n_evals = _primal_solve(model, X, cfg, constraint)
             with torch.no_grad():
                 h_t = model.acyclicity(cfg.acyclicity, cfg.s)
                 loss_t = float(model.loss(X))
             if not all(torch.isfinite(q).all() for q in params) or not torch.isfinite(h_t):
                 logger.warning(
-                    "learn_dag: non-finite step at rho=%.3g; restoring, raising rho", rho
+                    "learn_dag: non-finite step at rho=%.3g; restoring, raising rho",
+                    constraint.rho,
                 )
                 with torch.no_grad():
                     for q, b in zip(params, backup, strict=True):
                         q.copy_(b)
-                rho *= 10
+                constraint.raise_rho()
                 continue
             h_new = float(h_t)
             logger.debug(
                 "learn_dag: subproblem rho=%.3g alpha=%.3g: h=%.3g, loss=%.4f, %d evaluations",
-                rho,
-                alpha,
+                constraint.rho,
+                constraint.alpha,
                 h_new,
                 loss_t,
                 n_evals,
             )
-            if h_new > 0.25 * h:
-                rho *= 10
-            else:
+            if not constraint.too_slow(h_new):
                 break
-        alpha += rho * h_new
-        h = h_new
-        logger.debug("learn_dag: iteration %d, h=%.3g, rho=%.3g, alpha=%.3g", it, h, rho, alpha)
-        if h <= cfg.h_tol or rho >= cfg.rho_max:
+            constraint.raise_rho()
+        constraint.ascend(h_new)
+        logger.debug(
+            "learn_dag: iteration %d, h=%.3g, rho=%.3g, alpha=%.3g",
+            it,
+            constraint.h,
+            constraint.rho,
+            constraint.alpha,
+        )
+        if constraint.h <= cfg.h_tol or constraint.rho >= cfg.rho_max:
             break
     with torch.no_grad():
         return model.adjacency().detach().cpu().numpy().astype(np.float64)

@@ -1,47 +1,32 @@
-"""The CMCL estimator: joint causal representation and structure learning (Algorithm 1).
+"""The CMCL estimator: joint causal representation and structure learning (the paper).
 
-``CMCL(latent_dim=m).fit(images, u, u_types, u_names)`` trains, in one Adam loop,
-
-* the latent embedding module, a conv VAE ``q(z0 | x)`` / ``p(x | z0)`` (Eq. 5-6);
-* the causal representation module, ``q(z | z0, u)``, the conditional prior ``p(z | u)`` and
-  the decoder ``p(x | z)`` (Eq. 7, 17-19);
-* the causal DAG, a NOTEARS-MLP over ``V = [u, z]`` with an augmented Lagrangian on ``h(W)``
-  (Eq. 10), whose link loss also shapes ``z``;
-* the counterfactual contrastive regulariser (Eq. 11-13, Algorithm 1 step d);
-
-minimising Eq. 14. Interventions ``do(u_i = v)`` follow Appendix B (abduction through the
-learned additive-noise causal functions, then the decoder).
+``CMCL(latent_dim=m).fit(images, u, u_types, u_names)`` validates its inputs, builds a
+:class:`~cmcl_core.network.CMCLNetwork`, trains it (:func:`~cmcl_core.training.fit_network`,
+Algorithm 1) and keeps the result in attributes ending in ``_``, scikit-learn style.
+Interventions ``do(u_i = v)`` follow Appendix B (abduction through the learned additive-noise
+causal functions, then the decoder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from cmcl_core.config import CMCLConfig
-from cmcl_core.dag import NotearsMLP, bipartite_mask
-from cmcl_core.nets import (
-    ConditionalPrior,
-    ConvDecoder,
-    ConvEncoder,
-    DecoderModule,
-    EncoderModule,
-    Posterior,
-    UFeatures,
-    mlp,
-)
-from cmcl_core.training import posterior_means, train
+from cmcl_core.graph import edge_list, node_names, topological_order
+from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
+from cmcl_core.training import EpochCallback, fit_network
+from cmcl_core.variables import UEncoding, VariableType
 
-logger = logging.getLogger(__name__)
-
-U_TYPES = ("continuous", "binary", "categorical")
 _CHUNK = 4096  # rows per chunk when scanning (possibly memory-mapped) image arrays
+_FORMAT = "cmcl-2"  # model files: the network's state_dict + JSON metadata
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(CMCLConfig))
 
 
 def _as_numpy(a: Any, name: str) -> np.ndarray:
@@ -80,163 +65,153 @@ def _check_images(images: np.ndarray, shape: tuple[int, ...] | None = None) -> N
             )
 
 
+def _check_u(u: Any, n: int, d: int | None = None) -> np.ndarray:
+    """u as a finite float64 [n, d] array (a 1-D u is one column)."""
+    u = np.asarray(_as_numpy(u, "u"), dtype=np.float64)
+    if u.ndim == 1:
+        u = u[:, None]
+    if u.ndim != 2 or u.shape[1] < 1 or (d is not None and u.shape[1] != d):
+        want = "[n, d] with d >= 1" if d is None else f"[n, {d}]"
+        raise ValueError(f"u must be a 2-D array {want}, got shape {u.shape}")
+    if u.shape[0] != n:
+        raise ValueError(f"images has {n} samples but u has {u.shape[0]}: rows must match")
+    if not np.all(np.isfinite(u)):
+        raise ValueError("u contains NaN or inf values; impute or drop those rows")
+    return u
+
+
+def _default_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 class CMCL:
     """Cross-Modal Variational Causal representation and structure Learning (the paper).
 
-    Scikit-learn style: the constructor only stores its arguments; ``fit`` (re)builds and
-    re-seeds everything, so fitting twice equals fitting once on the second data.
+    Scikit-learn style: the constructor only stores its arguments (``get_params`` /
+    ``set_params`` / ``sklearn.base.clone`` work); ``fit`` (re)builds and re-seeds everything,
+    so fitting twice equals fitting once on the second data.
 
     Args:
         latent_dim: m, the number of causal latent variables z.
-        config: hyperparameters (defaults when None).
         device: torch device; CUDA when available, else CPU, when None.
         seed: seed of all randomness in ``fit`` (runs are reproducible on CPU).
-        **overrides: individual ``CMCLConfig`` fields, applied on top of ``config``.
+        Every other argument is a model setting, documented on
+        :class:`~cmcl_core.config.CMCLConfig` (same name, same default).
+
+    Attributes (after ``fit`` or ``load``):
+        network_: the trained :class:`~cmcl_core.network.CMCLNetwork`.
+        config_: the settings as a validated :class:`~cmcl_core.config.CMCLConfig`.
+        encoding_: how u enters the model (:class:`~cmcl_core.variables.UEncoding`).
+        u_names_, u_types_: names and types of the d observed variables.
+        weighted_adjacency_: ``[(d+m), (d+m)]`` final graph over ``[u..., z...]``,
+            ``W[i, j] != 0`` meaning ``i -> j``.
+        raw_adjacency_: the jointly trained DAG's adjacency before the final solve.
+        edges_: ``[(source, target, weight)]`` of the final graph, strongest first.
+        z_shift_, z_scale_: statistics of the posterior means (the DAG sees standardised z).
+        history_: one record per training epoch.
     """
 
     def __init__(
         self,
         latent_dim: int = 5,
-        config: CMCLConfig | None = None,
+        *,
+        embed_dim: int | None = None,
+        base_channels: int = 16,
+        max_channels: int = 64,
+        min_spatial: int = 4,
+        posterior_hidden: tuple[int, ...] | None = None,
+        prior_hidden: tuple[int, ...] = (50, 50),
+        prior_mean: bool = True,
+        posterior_uses_u: bool = True,
+        standardize_images: bool = True,
+        he_init: bool = True,
+        likelihood: str = "gaussian",
+        gaussian_sigma: float = 0.1,
+        decoder_sparsity: float = 0.0,
+        sparsity_samples: int = 8,
+        sparsity_dims: int = 4,
+        rotate_every: int = 5,
+        rotate_until: int = 40,
+        dag_hidden: tuple[int, ...] = (10,),
+        cr_hidden: tuple[int, ...] = (10, 10, 10),
+        use_cm: bool = True,
+        use_cr: bool = True,
+        allow_all_edges: bool = False,
+        beta_embed: float = 0.1,
+        beta_cm: float = 0.1,
+        lambda_dag: float = 1.0,
+        lambda1: float = 0.05,
+        lambda1_joint: float = 0.0001,
+        lambda2: float = 0.01,
+        lambda_cr: float = 0.1,
+        embed_recon_fraction: float = 0.125,
+        cr_every: int = 16,
+        cr_samples: int = 16,
+        lr: float | None = None,
+        lr_dag: float = 0.01,
+        lr_cr: float = 0.001,
+        batch_size: int = 32,
+        epochs: int = 60,
+        min_epochs: int = 30,
+        patience: int = 8,
+        min_delta: float = 0.0001,
+        val_fraction: float = 0.1,
+        dag_warmup_epochs: int = 5,
+        rho_init: float = 1.0,
+        rho_mult: float = 1.5,
+        rho_max: float = 100.0,
+        h_shrink: float = 0.25,
+        h_tol: float = 1e-06,
+        acyclicity: str = "expm",
+        w_threshold: float = 0.3,
+        refit_dag: bool = True,
+        orient_edges: bool = True,
+        refit_dag_max_samples: int = 2000,
+        num_threads: int | None = None,
         device: str | None = None,
         seed: int = 0,
-        **overrides: Any,
     ) -> None:
-        self.latent_dim = latent_dim
-        self.config = config
-        self.device = device
-        self.seed = seed
-        self.overrides = overrides
+        params = dict(locals())
+        del params["self"]
+        for name, value in params.items():  # stored as given (scikit-learn's contract)
+            setattr(self, name, value)
 
-    # ------------------------------------------------------------------ set-up helpers
-    def _resolved_config(self) -> CMCLConfig:
-        base = self.config if self.config is not None else CMCLConfig()
-        return base.replace(**self.overrides) if self.overrides else base
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return ["latent_dim", *_CONFIG_FIELDS, "device", "seed"]
 
-    def _prepare_u(
-        self, u: np.ndarray, u_types: Sequence[str] | None, u_names: Sequence[str] | None
-    ) -> None:
-        """Validate u and its metadata; set u_types_, u_names_ and the encodings."""
-        n, d = u.shape
-        u_types = list(u_types) if u_types is not None else None
-        if u_types is None:
-            u_types = ["binary" if len(np.unique(u[:, i])) == 2 else "continuous" for i in range(d)]
-        if len(u_types) != d:
-            raise ValueError(f"u_types has {len(u_types)} entries but u has {d} columns")
-        bad = sorted({t for t in u_types if t not in U_TYPES})
-        if bad:
-            raise ValueError(f"unknown u_types {bad}: use one of {U_TYPES}")
-        u_names = [str(s) for s in u_names] if u_names is not None else [f"u{i}" for i in range(d)]
-        if len(u_names) != d:
-            raise ValueError(f"u_names has {len(u_names)} entries but u has {d} columns")
-        if len(set(u_names)) != d:
-            raise ValueError(f"u_names must be unique, got {u_names}")
-        z_names = {f"z{j}" for j in range(self.latent_dim_)}
-        clash = sorted(z_names & set(u_names))
-        if clash:
-            raise ValueError(f"u_names {clash} clash with latent names z0..z{{m-1}}; rename them")
-        shift, scale, levels = np.zeros(d), np.ones(d), {}
-        for i, (t, name) in enumerate(zip(u_types, u_names, strict=True)):
-            values = np.unique(u[:, i])
-            if t == "binary":
-                if len(values) != 2:
-                    raise ValueError(
-                        f"u variable {name!r} is declared binary but has {len(values)} distinct "
-                        "values; declare it continuous or categorical, or recode it to 0/1"
-                    )
-                shift[i], scale[i] = values[0], values[1] - values[0]
-            elif t == "categorical":
-                if len(values) < 2 or np.any(values != np.round(values)):
-                    raise ValueError(
-                        f"u variable {name!r} is declared categorical but has "
-                        f"{len(values)} level(s) or non-integer codes; recode it to integers"
-                    )
-                levels[i] = values
-            else:
-                sd = u[:, i].std()
-                if not sd > 0:
-                    raise ValueError(f"continuous u variable {name!r} is constant; drop it")
-                shift[i], scale[i] = u[:, i].mean(), sd
-        self.u_types_, self.u_names_ = u_types, u_names
-        self.u_shift_, self.u_scale_, self.u_levels_ = shift, scale, levels
+    @classmethod
+    def from_config(
+        cls, config: CMCLConfig, latent_dim: int = 5, device: str | None = None, seed: int = 0
+    ) -> CMCL:
+        """An estimator with the settings of ``config``."""
+        settings = {name: getattr(config, name) for name in _CONFIG_FIELDS}
+        return cls(latent_dim, device=device, seed=seed, **settings)
 
-    def _u_dag(self, u: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Raw u -> DAG inputs: continuous standardised, binary 0/1, categorical codes."""
-        u_t = torch.as_tensor(np.asarray(u, dtype=np.float32), device=self.device_)  # [n, d]
-        shift = torch.as_tensor(self.u_shift_, dtype=torch.float32, device=self.device_)
-        scale = torch.as_tensor(self.u_scale_, dtype=torch.float32, device=self.device_)
-        out = (u_t - shift) / scale  # [n, d]
-        for i, lv in self.u_levels_.items():
-            lv_t = torch.as_tensor(lv, dtype=torch.float32, device=self.device_)
-            out[:, i] = (u_t[:, i : i + 1] == lv_t).float().argmax(1).float()
-        return out
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments by name (``deep`` is accepted for scikit-learn)."""
+        return {name: getattr(self, name) for name in self._param_names()}
 
-    def _build(self, cfg: CMCLConfig, image_shape: tuple[int, int, int]) -> None:
-        """Create all modules (called by fit and load)."""
-        c, h, w = image_shape
-        m, d = self.latent_dim_, len(self.u_types_)
-        e = self.embed_dim_
-        net_kw = dict(
-            base_channels=cfg.base_channels,
-            max_channels=cfg.max_channels,
-            min_spatial=cfg.min_spatial,
-            he=cfg.he_init,
-        )
-        self.u_features_ = UFeatures(
-            torch.as_tensor(self.u_shift_),
-            torch.as_tensor(self.u_scale_),
-            {i: torch.as_tensor(lv) for i, lv in self.u_levels_.items()},
-        )
-        self.encoder_ = ConvEncoder(c, (h, w), e, **net_kw)
-        if cfg.use_cm:
-            self.embed_decoder_ = ConvDecoder(e, c, (h, w), **net_kw)
-            self.posterior_ = Posterior(
-                e, self.u_features_.out_dim, m, _posterior_hidden(cfg, m), cfg.posterior_uses_u
+    def set_params(self, **params: Any) -> CMCL:
+        """Change constructor arguments; an unknown name is a ValueError."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown CMCL parameter(s) {unknown}; valid: {sorted(self._param_names())}"
             )
-            self.prior_ = ConditionalPrior(
-                self.u_features_.out_dim, m, cfg.prior_hidden, cfg.prior_mean
-            )
-        else:
-            self.embed_decoder_ = self.posterior_ = self.prior_ = None
-        self.decoder_ = ConvDecoder(m, c, (h, w), **net_kw)
-        allowed = None if cfg.allow_all_edges else bipartite_mask(d, m)
-        n_levels = [len(self.u_levels_.get(i, ())) or 1 for i in range(d)] + [1] * m
-        self.dag_ = NotearsMLP(
-            self.u_types_ + ["continuous"] * m, cfg.dag_hidden, allowed, n_levels
-        )
-        self.classifier_ = mlp(m, cfg.cr_hidden, 1)
-        for name in self._module_names():
-            mod = getattr(self, name)
-            if mod is not None:
-                mod.to(self.device_)
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
-    @staticmethod
-    def _module_names() -> list[str]:
-        return [
-            "u_features_",
-            "encoder_",
-            "embed_decoder_",
-            "posterior_",
-            "prior_",
-            "decoder_",
-            "dag_",
-            "classifier_",
-        ]
+    def __repr__(self) -> str:
+        defaults = CMCL()
+        changed = {k: v for k, v in self.get_params().items() if getattr(defaults, k) != v}
+        return "CMCL(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
 
-    def _batch(self, images: np.ndarray, u: np.ndarray, idx: np.ndarray) -> tuple:
-        idx = np.sort(idx)  # sorted reads are sequential on a memmap
-        x = torch.as_tensor(np.asarray(images[idx], dtype=np.float32), device=self.device_)
-        u_raw = torch.as_tensor(np.asarray(u[idx], dtype=np.float32), device=self.device_)
-        return x, u_raw, self._u_dag(u_raw.cpu().numpy())
-
-    def _z_std(self, z: torch.Tensor, batch_stats: bool) -> torch.Tensor:
-        """Standardise z for the DAG: batch statistics in training (no collapse of the scale
-        can lower the link loss), the fitted statistics afterwards."""
-        if batch_stats:
-            return (z - z.mean(0)) / (z.std(0) + 1e-4)  # [n, m]
-        shift = torch.as_tensor(self.z_shift_, dtype=z.dtype, device=z.device)
-        scale = torch.as_tensor(self.z_scale_, dtype=z.dtype, device=z.device)
-        return (z - shift) / scale  # [n, m]
+    def config(self) -> CMCLConfig:
+        """The model settings as a validated, frozen :class:`CMCLConfig`."""
+        return CMCLConfig(**{name: getattr(self, name) for name in _CONFIG_FIELDS})
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -245,7 +220,7 @@ class CMCL:
         u: Any,
         u_types: Sequence[str] | None = None,
         u_names: Sequence[str] | None = None,
-        callback: Callable[[int, dict], None] | None = None,
+        callback: EpochCallback | None = None,
     ) -> CMCL:
         """Fit the model (Algorithm 1).
 
@@ -263,20 +238,10 @@ class CMCL:
         Raises:
             ValueError: on malformed input (shapes, NaNs, types, too few samples).
         """
-        cfg = self._resolved_config()
+        cfg = self.config()
         images = _as_numpy(images, "images")
-        u = np.asarray(_as_numpy(u, "u"), dtype=np.float64)
-        if u.ndim == 1:
-            u = u[:, None]
-        if u.ndim != 2 or u.shape[1] < 1:
-            raise ValueError(f"u must be a 2-D array [n, d] with d >= 1, got shape {u.shape}")
         _check_images(images)
-        if images.shape[0] != u.shape[0]:
-            raise ValueError(
-                f"images has {images.shape[0]} samples but u has {u.shape[0]}: rows must match"
-            )
-        if not np.all(np.isfinite(u)):
-            raise ValueError("u contains NaN or inf values; impute or drop those rows")
+        u = _check_u(u, images.shape[0])
         if not isinstance(self.latent_dim, int | np.integer) or self.latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         n = u.shape[0]
@@ -286,40 +251,49 @@ class CMCL:
                 f"{n} samples ({n - n_val} for training) are fewer than one batch "
                 f"(batch_size={cfg.batch_size}); lower batch_size or add samples"
             )
-        self.device_ = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.latent_dim_ = int(self.latent_dim)
-        self.embed_dim_ = (
-            (cfg.embed_dim or max(16, 2 * self.latent_dim_)) if cfg.use_cm else self.latent_dim_
-        )
-        self._prepare_u(u, u_types, u_names)
-        self.config_ = cfg
-        self.image_shape_ = tuple(int(s) for s in images.shape[1:])
-        self.n_features_in_ = len(self.u_types_)
+        m = int(self.latent_dim)
+        encoding = UEncoding.fit(u, u_types, u_names, latent_dim=m)
+        device = _default_device(self.device)
+        image_shape = tuple(int(s) for s in images.shape[1:])
         threads = torch.get_num_threads()
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        devices = [self.device_] if self.device_.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
-                self._build(cfg, self.image_shape_)
+                net = CMCLNetwork(cfg, m, image_shape, encoding).to(device)
                 if cfg.standardize_images:
-                    self._set_input_stats(images)
-                train(self, cfg, images, u, n_val, callback)
+                    net.set_input_stats(images, self.seed)
+                result = fit_network(net, cfg, images, u, self.seed, callback)
         finally:
             torch.set_num_threads(threads)
+        self._set_fitted(net, cfg, image_shape, device)
+        self.z_shift_, self.z_scale_ = result.z_shift, result.z_scale
+        self.raw_adjacency_ = result.raw_adjacency
+        self.weighted_adjacency_ = result.weighted_adjacency
+        self.history_ = result.history
+        self.edges_ = edge_list(self.weighted_adjacency_, self.node_names_)
         return self
 
-    def _set_input_stats(self, images: np.ndarray, max_rows: int = 2000) -> None:
-        """Per-pixel mean and global std of the images (a fixed subsample when large)."""
-        n = images.shape[0]
-        rows = np.arange(n)
-        if n > max_rows:
-            rows = np.sort(np.random.default_rng(self.seed).choice(n, max_rows, replace=False))
-        x = np.asarray(images[rows], dtype=np.float64)  # [r, C, H, W]
-        shift = x.mean(0)
-        scale = float((x - shift).std()) or 1.0
-        self.encoder_.set_input_stats(torch.as_tensor(shift, dtype=torch.float32), scale)
+    def _set_fitted(
+        self,
+        net: CMCLNetwork,
+        cfg: CMCLConfig,
+        image_shape: tuple[int, ...],
+        device: torch.device,
+    ) -> None:
+        """The attributes that describe the network and its data (fit and load)."""
+        self.network_ = net
+        self.config_ = cfg
+        self.encoding_ = net.encoding
+        self.device_ = device
+        self.latent_dim_ = net.latent_dim
+        self.embed_dim_ = net.embed_dim
+        self.image_shape_ = tuple(image_shape)
+        self.u_types_ = list(net.encoding.types)
+        self.u_names_ = list(net.encoding.names)
+        self.n_features_in_ = net.encoding.d
+        self.node_names_ = node_names(self.u_names_, self.latent_dim_)
 
     # ------------------------------------------------------------------ fitted use
     def _check_fitted(self) -> None:
@@ -329,20 +303,8 @@ class CMCL:
     def _check_inputs(self, images: Any, u: Any) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         images = _as_numpy(images, "images")
-        u = np.asarray(_as_numpy(u, "u"), dtype=np.float64)
-        if u.ndim == 1:
-            u = u[:, None]
         _check_images(images, self.image_shape_)
-        if u.ndim != 2 or u.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"u must have shape [n, {self.n_features_in_}] (columns {self.u_names_}), "
-                f"got {u.shape}"
-            )
-        if images.shape[0] != u.shape[0]:
-            raise ValueError(f"images has {images.shape[0]} samples but u has {u.shape[0]}")
-        if not np.all(np.isfinite(u)):
-            raise ValueError("u contains NaN or inf values; impute or drop those rows")
-        return images, u
+        return images, _check_u(u, images.shape[0], self.n_features_in_)
 
     def encoder_module(self) -> torch.nn.Module:
         """Exportable encoder: forward(x [n, C, H, W], raw u [n, d]) -> z means [n, m].
@@ -350,15 +312,12 @@ class CMCL:
         Includes the u standardisation; no data-dependent control flow (ONNX-traceable).
         """
         self._check_fitted()
-        return self._encoder()
-
-    def _encoder(self) -> EncoderModule:
-        return EncoderModule(self.encoder_, self.u_features_, self.posterior_).eval()
+        return self.network_.encoder_module()
 
     def decoder_module(self) -> torch.nn.Module:
         """Exportable decoder: forward(z [n, m]) -> images [n, C, H, W] in [0, 1]."""
         self._check_fitted()
-        return DecoderModule(self.decoder_).eval()
+        return self.network_.decoder_module()
 
     def transform(self, images: Any, u: Any) -> np.ndarray:
         """Posterior means E[z | x, u].
@@ -371,10 +330,11 @@ class CMCL:
             [n, m] float32 array.
         """
         images, u = self._check_inputs(images, u)
-        return posterior_means(self, images, u)
+        return self.network_.posterior_means(images, u)
 
     def _check_intervention(self, do: dict[str, float]) -> dict[int, float]:
         out = {}
+        enc = self.encoding_
         for name, value in do.items():
             if name not in self.u_names_:
                 raise ValueError(f"cannot intervene on {name!r}: not one of {self.u_names_}")
@@ -383,17 +343,14 @@ class CMCL:
             if not math.isfinite(value):
                 raise ValueError(f"intervention value for {name!r} must be finite, got {value}")
             t = self.u_types_[i]
-            if t == "binary" and value not in (
-                self.u_shift_[i],
-                self.u_shift_[i] + self.u_scale_[i],
-            ):
-                lo, hi = self.u_shift_[i], self.u_shift_[i] + self.u_scale_[i]
+            if t == VariableType.BINARY and value not in enc.low_high(i):
+                lo, hi = enc.low_high(i)
                 raise ValueError(
                     f"binary {name!r} takes the values {lo:g} or {hi:g}, got {value:g}"
                 )
-            if t == "categorical" and value not in set(self.u_levels_[i].tolist()):
+            if t == VariableType.CATEGORICAL and value not in set(enc.levels[i].tolist()):
                 raise ValueError(
-                    f"categorical {name!r} has levels {self.u_levels_[i].tolist()}, got {value:g}"
+                    f"categorical {name!r} has levels {enc.levels[i].tolist()}, got {value:g}"
                 )
             out[i] = value
         return out
@@ -419,33 +376,32 @@ class CMCL:
         """
         images, u = self._check_inputs(images, u)
         do_idx = self._check_intervention(do)
-        d = self.n_features_in_
+        net, d = self.network_, self.n_features_in_
         W = self.weighted_adjacency_
-        order = _topological_order(W != 0)
+        order = topological_order(W != 0)
         changed = np.zeros(W.shape[0], dtype=bool)
-        for i in do_idx:
-            changed[i] = True
-        dec = self.decoder_module()
-        out_cols = self.dag_.out_start
+        changed[list(do_idx)] = True
+        dec = net.decoder_module()
+        out_cols = net.dag.out_start
         results = []
-        for start in range(0, len(u), 256):
-            idx = np.arange(start, min(start + 256, len(u)))
-            z = posterior_means(self, images, u, idx)  # [b, m]
+        for start in range(0, len(u), INFERENCE_BATCH):
+            idx = np.arange(start, min(start + INFERENCE_BATCH, len(u)))
+            z = net.posterior_means(images, u, idx)  # [b, m]
             zs = torch.as_tensor((z - self.z_shift_) / self.z_scale_, dtype=torch.float32)
-            v = torch.cat([self._u_dag(u[idx]).cpu(), zs], 1).to(self.device_)  # [b, d + m]
+            v = torch.cat([net.dag_inputs(u[idx]).cpu(), zs], 1).to(self.device_)  # [b, d + m]
             v_cf = v.clone()
             for i, value in do_idx.items():
                 row = u[:1].copy()
                 row[0, i] = value
-                v_cf[:, i] = self._u_dag(row)[0, i]
+                v_cf[:, i] = net.dag_inputs(row)[0, i]
             touched = changed.copy()
             for k in order:
                 if touched[k] or not (W[:, k] != 0)[touched].any():
                     continue
-                if k < d and self.u_types_[k] != "continuous":
+                if k < d and self.u_types_[k] != VariableType.CONTINUOUS:
                     continue
-                f_fact = self.dag_(v)[:, out_cols[k]]  # [b]
-                f_cf = self.dag_(v_cf)[:, out_cols[k]]  # [b]
+                f_fact = net.dag(v)[:, out_cols[k]]  # [b]
+                f_cf = net.dag(v_cf)[:, out_cols[k]]  # [b]
                 v_cf[:, k] = v[:, k] + f_cf - f_fact
                 touched[k] = True
             delta = (v_cf[:, d:] - v[:, d:]).cpu().numpy() * self.z_scale_  # [b, m], 0 if untouched
@@ -455,30 +411,20 @@ class CMCL:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str) -> None:
-        """Save to ``path`` with torch.save: a dict of tensors plus JSON metadata.
+        """Save to ``path`` with torch.save: the network's tensors plus JSON metadata.
 
         Args:
             path: file path (e.g. ``model.pt``).
         """
         self._check_fitted()
-        state = {}
-        for name in self._module_names():
-            mod = getattr(self, name)
-            if mod is not None:
-                for key, value in mod.state_dict().items():
-                    state[f"{name}.{key}"] = value.detach().cpu()
+        state = {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}
         meta = {
-            "format": "cmcl-1",
+            "format": _FORMAT,
             "latent_dim": self.latent_dim_,
-            "embed_dim": self.embed_dim_,
             "seed": self.seed,
             "config": self.config_.to_dict(),
             "image_shape": list(self.image_shape_),
-            "u_types": self.u_types_,
-            "u_names": self.u_names_,
-            "u_shift": self.u_shift_.tolist(),
-            "u_scale": self.u_scale_.tolist(),
-            "u_levels": {str(i): lv.tolist() for i, lv in self.u_levels_.items()},
+            **self.encoding_.to_dict(),
             "z_shift": self.z_shift_.tolist(),
             "z_scale": self.z_scale_.tolist(),
             "weighted_adjacency": self.weighted_adjacency_.tolist(),
@@ -500,65 +446,22 @@ class CMCL:
         """
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(blob["meta"])
-        if meta.get("format") != "cmcl-1":
+        state = blob["state"]
+        if meta.get("format") == "cmcl-1":  # module names ended in "_" ("encoder_.conv...")
+            state = {k.replace("_.", ".", 1): v for k, v in state.items()}
+        elif meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a CMCL model file (format {meta.get('format')!r})")
         cfg = CMCLConfig.from_dict(meta["config"])
-        model = cls(latent_dim=meta["latent_dim"], config=cfg, device=device, seed=meta["seed"])
-        model.device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model.latent_dim_, model.embed_dim_ = meta["latent_dim"], meta["embed_dim"]
-        model.config_ = cfg
-        model.image_shape_ = tuple(meta["image_shape"])
-        model.u_types_, model.u_names_ = meta["u_types"], meta["u_names"]
-        model.n_features_in_ = len(model.u_types_)
-        model.u_shift_ = np.array(meta["u_shift"])
-        model.u_scale_ = np.array(meta["u_scale"])
-        model.u_levels_ = {int(i): np.array(lv) for i, lv in meta["u_levels"].items()}
-        model._build(cfg, model.image_shape_)
+        model = cls.from_config(cfg, meta["latent_dim"], device=device, seed=meta["seed"])
         W = np.array(meta["weighted_adjacency"])
-        d = model.n_features_in_
-        n_levels = [len(model.u_levels_.get(i, ())) or 1 for i in range(d)]
-        n_levels += [1] * model.latent_dim_
-        model.dag_ = NotearsMLP(
-            model.u_types_ + ["continuous"] * model.latent_dim_, cfg.dag_hidden, W != 0, n_levels
-        ).to(model.device_)
-        state = blob["state"]
-        for name in model._module_names():
-            mod = getattr(model, name)
-            if mod is not None:
-                sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-                mod.load_state_dict(sub)
-                mod.eval()
+        encoding = UEncoding.from_dict(meta)
+        dev = _default_device(device)
+        net = CMCLNetwork(cfg, meta["latent_dim"], tuple(meta["image_shape"]), encoding, W != 0)
+        net.load_state_dict(state)
+        model._set_fitted(net.to(dev).eval(), cfg, meta["image_shape"], dev)
         model.z_shift_, model.z_scale_ = np.array(meta["z_shift"]), np.array(meta["z_scale"])
         model.weighted_adjacency_ = W
         model.raw_adjacency_ = np.array(meta["raw_adjacency"])
         model.history_ = meta["history"]
-        model.edges_ = _edges(W, model.u_names_, model.latent_dim_)
+        model.edges_ = edge_list(W, model.node_names_)
         return model
-
-
-def _edges(W: np.ndarray, u_names: list[str], m: int) -> list[tuple[str, str, float]]:
-    """[(source, target, weight)] of the non-zero entries of W, strongest first."""
-    names = list(u_names) + [f"z{j}" for j in range(m)]
-    src, dst = np.nonzero(W)
-    edges = [(names[i], names[j], float(W[i, j])) for i, j in zip(src, dst, strict=True)]
-    return sorted(edges, key=lambda e: -abs(e[2]))
-
-
-def _topological_order(B: np.ndarray) -> list[int]:
-    """Kahn's algorithm on an acyclic adjacency (B[i, j] means i -> j)."""
-    indeg = B.sum(0).astype(int)
-    ready = [k for k in range(B.shape[0]) if indeg[k] == 0]
-    order = []
-    while ready:
-        k = ready.pop(0)
-        order.append(k)
-        for j in np.flatnonzero(B[k]):
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                ready.append(int(j))
-    return order
-
-
-def _posterior_hidden(cfg: CMCLConfig, m: int) -> tuple[int, ...]:
-    """Posterior MLP widths: ``CMCLConfig.posterior_hidden``, or 3 x max(50, 6 m) when None."""
-    return cfg.posterior_hidden or (max(50, 6 * m),) * 3

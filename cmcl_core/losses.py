@@ -114,31 +114,11 @@ def negative_elbo(
     return recon, beta * kl
 
 
-def augmented_lagrangian(h: torch.Tensor, rho: float, alpha: float) -> torch.Tensor:
-    """Acyclicity penalty 0.5 * rho * h(W)^2 + alpha * h(W) (Eq. 10 with NOTEARS' solver).
-
-    Eq. 10 writes the constraint as a weighted term alpha_2 h(W); as in NOTEARS (Zheng et al.
-    2018, 2020) we enforce h(W) = 0 with an augmented Lagrangian whose rho and alpha are
-    updated between epochs.
-
-    Args:
-        h: acyclicity h(W) (scalar).
-        rho: penalty weight.
-        alpha: Lagrange multiplier.
-
-    Returns:
-        Scalar penalty.
-    """
-    return 0.5 * rho * h * h + alpha * h
-
-
 def dag_loss(
     link_loss: torch.Tensor,
     l1: torch.Tensor,
     l2: torch.Tensor,
-    h: torch.Tensor,
-    rho: float,
-    alpha: float,
+    acyclicity_penalty: torch.Tensor,
     lambda1: float,
     lambda2: float,
 ) -> torch.Tensor:
@@ -148,16 +128,14 @@ def dag_loss(
         link_loss: mean per-sample link loss sum_i l(v_i, MLP_i(V)) (scalar).
         l1: L1 norm of the first NOTEARS layer (scalar).
         l2: squared L2 norm of the NOTEARS weights (scalar).
-        h: acyclicity h(W) (scalar).
-        rho: augmented-Lagrangian penalty.
-        alpha: Lagrange multiplier.
+        acyclicity_penalty: ``AugmentedLagrangian.penalty(h(W))`` (scalar).
         lambda1: L1 weight (alpha_1 in Eq. 10).
         lambda2: L2 weight.
 
     Returns:
         Scalar loss.
     """
-    return link_loss + lambda1 * l1 + 0.5 * lambda2 * l2 + augmented_lagrangian(h, rho, alpha)
+    return link_loss + lambda1 * l1 + 0.5 * lambda2 * l2 + acyclicity_penalty
 
 
 def cr_loss(logits_causal: torch.Tensor, logits_anticausal: torch.Tensor) -> torch.Tensor:

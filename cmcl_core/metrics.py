@@ -25,6 +25,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import xlogy
 from scipy.stats import rankdata
 
+from cmcl_core.graph import is_dag
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["count_accuracy", "mcc", "mic", "mic_matched"]
@@ -33,21 +35,6 @@ __all__ = ["count_accuracy", "mcc", "mic", "mic_matched"]
 # --------------------------------------------------------------------------------------------
 # Graph metrics
 # --------------------------------------------------------------------------------------------
-
-
-def _is_dag(B: np.ndarray) -> bool:
-    """Whether the 0/1 matrix ``B`` has no directed cycle (Kahn's algorithm)."""
-    indeg = B.sum(axis=0)
-    remaining = np.ones(B.shape[0], dtype=bool)
-    frontier = list(np.flatnonzero(indeg == 0))
-    while frontier:
-        i = frontier.pop()
-        remaining[i] = False
-        for j in np.flatnonzero(B[i]):
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                frontier.append(j)
-    return not remaining.any()
 
 
 def count_accuracy(B_true: np.ndarray, B_est: np.ndarray, cpdag: bool = False) -> dict[str, float]:
@@ -102,7 +89,7 @@ def count_accuracy(B_true: np.ndarray, B_est: np.ndarray, cpdag: bool = False) -
     else:
         directed = (B_est != 0).astype(np.int64)
         undirected = np.zeros_like(directed)
-        if not _is_dag(directed):
+        if not is_dag(directed):
             logger.warning("count_accuracy: the estimated graph has a directed cycle.")
     d = truth.shape[0]
     # linear indices of nonzeros, as in the reference

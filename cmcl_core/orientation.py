@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from cmcl_core.acyclicity import is_dag
-from cmcl_core.dag import NotearsMLP, _prepare
+from cmcl_core.dag import NotearsMLP, prepare_data
+from cmcl_core.graph import is_dag
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def orient_edges(
     Raises:
         ValueError: malformed data (as ``learn_dag``) or ``W`` of the wrong shape.
     """
-    Xs, types, levels, allowed = _prepare(X, var_types, allowed)
+    Xs, types, levels, allowed = prepare_data(X, var_types, allowed)
     p = Xs.shape[1]
     W = np.asarray(W, dtype=np.float64)
     if W.shape != (p, p):

@@ -16,17 +16,12 @@ per-variable causal functions cannot be rotated, is re-initialised and re-learnt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 
-from cmcl_core import losses
-
-if TYPE_CHECKING:
-    from cmcl_core.estimator import CMCL
-
+import cmcl_core.losses as losses
+from cmcl_core.network import CMCLNetwork
 
 #: Posterior means at which the decoder's Jacobian is taken for the rotation search. The
 #: Jacobian's support (which pixels a latent drives) is what matters, and it is shared across
@@ -97,34 +92,31 @@ def _mean_logvar_layer(layer: nn.Linear, m: int, A: torch.Tensor, b: torch.Tenso
     c[m:] = mix @ c_lv + A2.sum(1).log()
 
 
-def rewritten_parameters(model: CMCL) -> list[nn.Parameter]:
+def rewritten_parameters(net: CMCLNetwork) -> list[nn.Parameter]:
     """The parameters :func:`rotate_latents` rewrites (and the DAG's, which it re-initialises):
     their optimiser moments belong to the old basis; every other parameter's stay valid."""
-    layers: list[nn.Module] = [model.posterior_.net[-1], model.decoder_.head[0]]
-    if model.prior_.with_mean:
-        layers.append(model.prior_.net[-1])
+    layers: list[nn.Module] = [net.posterior.net[-1], net.decoder.head[0]]
+    if net.prior.with_mean:
+        layers.append(net.prior.net[-1])
     params = [p for layer in layers for p in layer.parameters()]
-    return params + [model.classifier_[0].weight, *model.dag_.parameters()]
+    return params + [net.classifier[0].weight, *net.dag.parameters()]
 
 
 @torch.no_grad()
-def rotate_latents(model: CMCL, images, u: np.ndarray, idx: np.ndarray, seed: int) -> float:
+def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
     """Whiten the posterior means and rotate them to the decoder's sparsest basis.
 
     Args:
-        model: the estimator being trained (CM module on).
-        images: training images (read in batches).
-        u: raw u.
-        idx: rows used to estimate the mean, covariance and Jacobian.
+        net: the network being trained (CM module on).
+        z_means: [k, m] posterior means E[z | x, u] of the rows that estimate the mean, the
+            covariance and the decoder's Jacobian.
         seed: seed of the rotation search.
 
     Returns:
         The relative drop of the Jacobian L1 norm achieved by the rotation.
     """
-    from cmcl_core.training import posterior_means
-
-    dev = model.device_
-    z = torch.as_tensor(posterior_means(model, images, u, idx), dtype=torch.float64)  # [k, m]
+    dev = net.device
+    z = torch.as_tensor(z_means, dtype=torch.float64)  # [k, m]
     m = z.shape[1]
     mu = z.mean(0)
     C = torch.cov(z.T).reshape(m, m)
@@ -134,7 +126,7 @@ def rotate_latents(model: CMCL, images, u: np.ndarray, idx: np.ndarray, seed: in
     L = torch.linalg.cholesky(C)  # z = mu + L w, w white
     pts = z[:ROTATION_POINTS].to(dev, torch.float32)
     step = (0.1 * C.diagonal().sqrt()).to(dev, torch.float32)  # [m]
-    J_z = jacobian_at(model.decoder_, pts, step).double().cpu()  # [k, P, m]
+    J_z = jacobian_at(net.decoder, pts, step).double().cpu()  # [k, P, m]
     J_w = J_z @ L  # Jacobian in whitened coordinates
     with torch.enable_grad():
         R = sparsest_rotation(J_w, seed=seed)
@@ -145,14 +137,14 @@ def rotate_latents(model: CMCL, images, u: np.ndarray, idx: np.ndarray, seed: in
     A_inv = torch.linalg.inv(A)
     f = dict(device=dev, dtype=torch.float32)
     A_f, b_f, A_inv_f = A.to(**f), b.to(**f), A_inv.to(**f)
-    _mean_logvar_layer(model.posterior_.net[-1], m, A_f, b_f)
-    if model.prior_.with_mean:
-        _mean_logvar_layer(model.prior_.net[-1], m, A_f, b_f)
-    head = model.decoder_.head[0]  # Linear(m, .): W z + c = W A^-1 z' + (c - W A^-1 b)
+    _mean_logvar_layer(net.posterior.net[-1], m, A_f, b_f)
+    if net.prior.with_mean:
+        _mean_logvar_layer(net.prior.net[-1], m, A_f, b_f)
+    head = net.decoder.head[0]  # Linear(m, .): W z + c = W A^-1 z' + (c - W A^-1 b)
     W_new = head.weight @ A_inv_f
     head.bias.sub_(W_new @ b_f)
     head.weight.copy_(W_new)
-    first = model.classifier_[0]  # D reads differences of z: W' = W A^-1
+    first = net.classifier[0]  # D reads differences of z: W' = W A^-1
     first.weight.copy_(first.weight @ A_inv_f)
-    model.dag_.reset_parameters()
+    net.dag.reset_parameters()
     return 1.0 - after / max(before, 1e-12)

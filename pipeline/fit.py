@@ -116,7 +116,7 @@ def fit_model(
         DataError: the cohort cannot be trained on (too few rows for a batch, ...).
     """
     latent_dim, mcfg = model_settings(cfg.model)
-    model = CMCL(latent_dim=latent_dim, config=mcfg, device=device, seed=cfg.seed)
+    model = CMCL.from_config(mcfg, latent_dim, device=device, seed=cfg.seed)
     try:
         model.fit(
             images,

@@ -131,6 +131,26 @@ def test_save_load_roundtrip(fitted, data, tmp_path):
     )
 
 
+def test_loads_model_files_of_the_first_format(fitted, data, tmp_path):
+    """Format cmcl-1 stored each module under a name ending in "_" ("encoder_.conv...")."""
+    import json
+
+    import torch
+
+    images, u, _ = data
+    fitted.save(str(tmp_path / "new.pt"))
+    blob = torch.load(tmp_path / "new.pt", weights_only=True)
+    blob["state"] = {k.replace(".", "_.", 1): v for k, v in blob["state"].items()}
+    blob["meta"] = json.dumps({**json.loads(blob["meta"]), "format": "cmcl-1"})
+    torch.save(blob, tmp_path / "old.pt")
+    loaded = CMCL.load(str(tmp_path / "old.pt"), device="cpu")
+    np.testing.assert_array_equal(loaded.transform(images, u), fitted.transform(images, u))
+    blob["meta"] = json.dumps({**json.loads(blob["meta"]), "format": "other"})
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a CMCL model file"):
+        CMCL.load(str(tmp_path / "bad.pt"))
+
+
 def test_encoder_module_matches_transform(fitted, data):
     images, u, _ = data
     enc = fitted.encoder_module()
@@ -176,7 +196,7 @@ def test_refit_equals_fit_on_second_data(data, tiny):
 
 def test_constructor_does_no_work():
     model = CMCL(latent_dim=3, seed=7, lr=1e-2)
-    assert model.latent_dim == 3 and model.overrides == {"lr": 1e-2}
+    assert model.latent_dim == 3 and model.lr == 1e-2 and model.seed == 7
     assert not hasattr(model, "weighted_adjacency_")
     with pytest.raises(ValueError, match="not fitted"):
         model.transform(np.zeros((1, 1, 16, 16)), np.zeros((1, 1)))
@@ -201,7 +221,7 @@ def _bad_inputs(images, u):
             "declared binary but has 3 distinct",
         ),
         ("names", dict(images=images, u=u, u_names=["a"]), "u_names has 1 entries"),
-        ("types", dict(images=images, u=u, u_types=["continuous", "ordinal"]), "unknown u_types"),
+        ("types", dict(images=images, u=u, u_types=["continuous", "ordinal"]), "unknown variable"),
         ("too few", dict(images=images[:10], u=u[:10]), "fewer than one batch"),
     ]
 
@@ -247,8 +267,40 @@ def test_config_from_dict():
         with pytest.raises(ValueError, match=want):
             CMCLConfig.from_dict({key: bad})
     assert CMCLConfig(epochs=np.int64(3), lambda2=np.float32(0.1), lambda1=1).epochs == 3
-    with pytest.raises(ValueError, match="Unknown model setting"):
-        CMCL(latent_dim=2, bogus=1).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
+    with pytest.raises(TypeError, match="bogus"):
+        CMCL(latent_dim=2, bogus=1)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):  # checked when fit reads it
+        CMCL(latent_dim=2, epochs=0).fit(np.zeros((64, 1, 16, 16)), np.zeros((64, 1)))
+
+
+def test_parameters_follow_the_scikit_learn_contract():
+    """Every CMCLConfig field is a constructor argument with the same default; get_params,
+    set_params and clone round-trip them; the constructor stores arguments unchanged."""
+    import dataclasses
+    import inspect
+
+    sig = inspect.signature(CMCL)
+    defaults = {f.name: f.default for f in dataclasses.fields(CMCLConfig)}
+    assert {k: sig.parameters[k].default for k in defaults} == defaults
+    assert set(sig.parameters) == {"latent_dim", "device", "seed", *defaults}
+    model = CMCL(latent_dim=3, epochs=7, dag_hidden=(4,))
+    params = model.get_params()
+    assert params["latent_dim"] == 3 and params["epochs"] == 7 and params["dag_hidden"] == (4,)
+    assert CMCL(**params).get_params() == params
+    assert model.set_params(lr=1e-3) is model and model.lr == 1e-3
+    with pytest.raises(ValueError, match="unknown CMCL parameter"):
+        model.set_params(lr_rate=1)
+    assert model.config() == CMCLConfig(epochs=7, dag_hidden=(4,), lr=1e-3)
+    assert repr(model) == "CMCL(latent_dim=3, dag_hidden=(4,), lr=0.001, epochs=7)"
+    assert CMCL.from_config(model.config(), 3).get_params() == model.get_params()
+
+
+def test_sklearn_clone_gives_an_unfitted_copy_with_the_same_parameters(fitted):
+    base = pytest.importorskip("sklearn.base")
+    copy = base.clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    assert not hasattr(copy, "weighted_adjacency_")
+    assert base.clone(CMCL(latent_dim=3)).latent_dim == 3
 
 
 def test_posterior_without_u_and_gaussian_likelihood(data):
@@ -285,7 +337,7 @@ def test_posterior_width_grows_with_the_latent_dimension(data):
 
     def widths(**kw) -> list[int]:
         model = CMCL(seed=0, device="cpu", **TINY, **kw).fit(images[:64], u[:64])
-        return [layer.out_features for layer in model.posterior_.net[:-1:2]]
+        return [layer.out_features for layer in model.network_.posterior.net[:-1:2]]
 
     assert widths(latent_dim=2) == [50, 50, 50]  # Appendix D.3 for small m
     assert widths(latent_dim=10) == [60, 60, 60]  # 6 m above m = 8

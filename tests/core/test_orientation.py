@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmcl_core.acyclicity import is_dag
-from cmcl_core.dag import NotearsMLP, bipartite_mask
+from cmcl_core.dag import NotearsMLP
+from cmcl_core.graph import bipartite_mask, is_dag
 from cmcl_core.orientation import local_scores, orient_edges
 
 

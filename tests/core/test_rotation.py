@@ -16,7 +16,7 @@ from cmcl_core.rotation import (
     rotate_latents,
     sparsest_rotation,
 )
-from cmcl_core.training import _rotation_due, posterior_means
+from cmcl_core.training import rotation_due
 
 
 def test_sparsest_rotation_undoes_a_mixing_rotation():
@@ -58,20 +58,19 @@ def _tiny_fit(n: int, data_seed: int, **kw) -> tuple[CMCL, np.ndarray, np.ndarra
 
 
 def _own_parameters(model: CMCL) -> list[torch.nn.Parameter]:
-    modules = [getattr(model, name) for name in model._module_names()]
-    return [p for mod in modules if mod is not None for p in mod.parameters()]
+    return list(model.network_.parameters())
 
 
 def test_rotation_preserves_the_decoded_posterior_means():
     model, images, u = _tiny_fit(96, data_seed=0)
-    idx = np.arange(96)
-    z_before = posterior_means(model, images, u, idx)
+    net = model.network_
+    z_before = net.posterior_means(images, u)
     with torch.no_grad():
-        x_before = torch.sigmoid(model.decoder_(torch.as_tensor(z_before, dtype=torch.float32)))
-    rotate_latents(model, images, u, idx, seed=0)
-    z_after = posterior_means(model, images, u, idx)
+        x_before = torch.sigmoid(net.decoder(torch.as_tensor(z_before, dtype=torch.float32)))
+    rotate_latents(net, z_before, seed=0)
+    z_after = net.posterior_means(images, u)
     with torch.no_grad():
-        x_after = torch.sigmoid(model.decoder_(torch.as_tensor(z_after, dtype=torch.float32)))
+        x_after = torch.sigmoid(net.decoder(torch.as_tensor(z_after, dtype=torch.float32)))
     torch.testing.assert_close(x_after, x_before, atol=1e-4, rtol=1e-4)
     # the new latents are white: zero mean, identity covariance
     np.testing.assert_allclose(z_after.mean(0), 0.0, atol=1e-3)
@@ -82,13 +81,14 @@ def test_rewritten_parameters_are_exactly_those_a_rotation_changes():
     model, images, u = _tiny_fit(64, data_seed=1, epochs=1, min_epochs=1)
     params = _own_parameters(model)
     before = [p.detach().clone() for p in params]
-    rotate_latents(model, images, u, np.arange(64), seed=0)
+    net = model.network_
+    rotate_latents(net, net.posterior_means(images, u), seed=0)
     changed = {id(p) for p, b in zip(params, before, strict=True) if not torch.equal(p, b)}
-    listed = {id(p) for p in rewritten_parameters(model)}
+    listed = {id(p) for p in rewritten_parameters(net)}
     # every parameter the rotation touched has its optimiser moments dropped (the DAG's are
     # re-initialised wholesale: a masked or zero weight may come back equal)
     assert changed <= listed
-    assert listed - changed <= {id(p) for p in model.dag_.parameters()}
+    assert listed - changed <= {id(p) for p in net.dag.parameters()}
     assert len(listed) < len(params) / 2  # the conv stacks keep their moments
 
 
@@ -97,10 +97,10 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
 
     kept = []
 
-    def spy(model, images, u, idx, seed):
-        gain = rotate_latents(model, images, u, idx, seed)
-        own = {id(p) for p in _own_parameters(model)}
-        kept.append((own, {id(p) for p in rewritten_parameters(model)}))
+    def spy(net, z, seed):
+        gain = rotate_latents(net, z, seed)
+        own = {id(p) for p in net.parameters()}
+        kept.append((own, {id(p) for p in rewritten_parameters(net)}))
         return gain
 
     monkeypatch.setattr(training, "rotate_latents", spy)
@@ -125,12 +125,14 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
 
 
 def test_rotation_schedule():
-    model = CMCL(latent_dim=2)
-    model.posterior_ = torch.nn.Identity()  # stands for a fitted CM module
+    class Net:  # stands for a network with or without the CM module
+        has_cm = True
+
+    net = Net()
 
     def due(**kw) -> list[int]:
         cfg = CMCLConfig(**kw)
-        return [e + 1 for e in range(cfg.epochs) if _rotation_due(cfg, e, model)]
+        return [e + 1 for e in range(cfg.epochs) if rotation_due(cfg, e, net)]
 
     assert due(epochs=40, rotate_every=5, rotate_until=40) == [5, 10, 15, 20, 25, 30, 35, 40]
     assert due(epochs=60, rotate_every=5, rotate_until=30) == [5, 10, 15, 20, 25, 30]
@@ -138,7 +140,7 @@ def test_rotation_schedule():
     assert due(epochs=60, rotate_every=0) == []
     # independent of the optional per-step sparsity term, off by default
     assert due(epochs=10, decoder_sparsity=0.0) == due(epochs=10, decoder_sparsity=0.1) == [5, 10]
-    model.posterior_ = None  # no CM module (ablation): nothing to rotate
+    net.has_cm = False  # no CM module (ablation): nothing to rotate
     assert due(epochs=60, rotate_every=5) == []
 
 
@@ -147,9 +149,9 @@ def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):
 
     seen = []
 
-    def spy(model, images, u, idx, seed):
+    def spy(net, z, seed):
         seen.append(seed)
-        return rotate_latents(model, images, u, idx, seed)
+        return rotate_latents(net, z, seed)
 
     monkeypatch.setattr(training, "rotate_latents", spy)
     images, u = _noise_data(64, seed=0)

@@ -40,7 +40,8 @@ def test_demo_recovers_the_graph(tmp_path, monkeypatch):
 def test_demo_graph_is_recoverable_from_noisy_true_latents():
     """The criterion DEMO_SEED was chosen by (flows/demo.py): NOTEARS on the true latents, with
     Gaussian measurement noise of 0, 0.15 and 0.25 sd, finds the demo graph exactly."""
-    from cmcl_core.dag import bipartite_mask, learn_dag
+    from cmcl_core.dag import learn_dag
+    from cmcl_core.graph import bipartite_mask
     from cmcl_core.simulate import GRAPH_SETTINGS, simulate
     from flows.demo import DEMO_IMAGE_SIZE, DEMO_PATIENTS, DEMO_SEED, DEMO_SETTING
 
