@@ -12,15 +12,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from cmcl_core.config import CMCLConfig
-from cmcl_core.graph import edge_list, node_names, topological_order
+from cmcl_core.edges import Edge, Orientation, Role, Stability, edge_table, knowledge_mask
+from cmcl_core.graph import bipartite_mask, edge_list, node_names, topological_order
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
+from cmcl_core.structure import StructureData
 from cmcl_core.training import EpochCallback, fit_network
 from cmcl_core.variables import UEncoding, VariableType
 
@@ -78,6 +80,24 @@ def _check_u(u: Any, n: int, d: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(u)):
         raise ValueError("u contains NaN or inf values; impute or drop those rows")
     return u
+
+
+def _role_indices(roles: Mapping[str, str] | None, names: Sequence[str]) -> dict[int, str]:
+    """``{"covid": "cause"}`` -> ``{column index: role}``, naming any unknown name or role."""
+    out = {}
+    for name, role in (roles or {}).items():
+        if name not in names:
+            raise ValueError(
+                f"u_roles names {name!r}, which is not one of the u variables {list(names)}; "
+                "fix the name or drop it"
+            )
+        if role not in {r.value for r in Role}:
+            raise ValueError(
+                f"u_roles gives {name!r} the role {role!r}; use 'cause' (precedes imaging) or "
+                "'effect' (follows imaging)"
+            )
+        out[list(names).index(name)] = str(role)
+    return out
 
 
 def _default_device(device: str | None) -> torch.device:
@@ -221,6 +241,7 @@ class CMCL:
         u_types: Sequence[str] | None = None,
         u_names: Sequence[str] | None = None,
         callback: EpochCallback | None = None,
+        u_roles: Mapping[str, str] | None = None,
     ) -> CMCL:
         """Fit the model (Algorithm 1).
 
@@ -231,12 +252,16 @@ class CMCL:
                 column has two values, continuous otherwise, when None).
             u_names: column names (``u0..`` when None).
             callback: called as ``callback(epoch, record)`` after each epoch.
+            u_roles: background knowledge, ``{name: "cause" | "effect"}``: a cause precedes
+                imaging and gets no incoming edge, an effect follows it and gets no outgoing
+                edge (hard constraints in the joint DAG, the final solve and the orientation).
 
         Returns:
             self.
 
         Raises:
-            ValueError: on malformed input (shapes, NaNs, types, too few samples).
+            ValueError: on malformed input (shapes, NaNs, types, too few samples, unknown
+                names or roles).
         """
         cfg = self.config()
         images = _as_numpy(images, "images")
@@ -253,6 +278,10 @@ class CMCL:
             )
         m = int(self.latent_dim)
         encoding = UEncoding.fit(u, u_types, u_names, latent_dim=m)
+        roles = _role_indices(u_roles, encoding.names)
+        d = encoding.d
+        knowledge = knowledge_mask(d, m, roles)
+        base = ~np.eye(d + m, dtype=bool) if cfg.allow_all_edges else bipartite_mask(d, m)
         device = _default_device(self.device)
         image_shape = tuple(int(s) for s in images.shape[1:])
         threads = torch.get_num_threads()
@@ -261,18 +290,50 @@ class CMCL:
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
-                net = CMCLNetwork(cfg, m, image_shape, encoding).to(device)
+                net = CMCLNetwork(cfg, m, image_shape, encoding, base & knowledge).to(device)
                 if cfg.standardize_images:
                     net.set_input_stats(images, self.seed)
                 result = fit_network(net, cfg, images, u, self.seed, callback)
         finally:
             torch.set_num_threads(threads)
         self._set_fitted(net, cfg, image_shape, device)
+        self.u_roles_ = {encoding.names[i]: role for i, role in roles.items()}
+        self.knowledge_ = knowledge
         self.z_shift_, self.z_scale_ = result.z_shift, result.z_scale
         self.raw_adjacency_ = result.raw_adjacency
         self.weighted_adjacency_ = result.weighted_adjacency
+        self.structure_data_: StructureData | None = result.structure
         self.history_ = result.history
         self.edges_ = edge_list(self.weighted_adjacency_, self.node_names_)
+        self.set_stability(None)
+        return self
+
+    def fit_arguments(self) -> dict[str, Any]:
+        """The keyword arguments that describe ``u`` to ``fit`` (to refit on other rows)."""
+        self._check_fitted()
+        return {"u_types": self.u_types_, "u_names": self.u_names_, "u_roles": self.u_roles_}
+
+    def set_stability(self, stability: Stability | None) -> CMCL:
+        """Annotate the edges with resampling frequencies (``cmcl_core.stability``).
+
+        Sets ``stability_``, ``edge_table_`` (one :class:`~cmcl_core.edges.Edge` per row:
+        every edge of the final graph and every adjacency at least half the resamples have)
+        and ``orientation_`` (``(source, target) -> Orientation``).
+        """
+        self._check_fitted()
+        p = len(self.node_names_)
+        if stability is not None and stability.adjacency.shape != (p, p):
+            raise ValueError(
+                f"stability is over {stability.adjacency.shape[0]} nodes; this model has {p}"
+            )
+        self.stability_ = stability
+        types = self.u_types_ + [VariableType.CONTINUOUS.value] * self.latent_dim_
+        self.edge_table_: list[Edge] = edge_table(
+            self.weighted_adjacency_, self.node_names_, types, self.knowledge_, stability
+        )
+        self.orientation_: dict[tuple[str, str], Orientation] = {
+            (e.source, e.target): e.orientation for e in self.edge_table_
+        }
         return self
 
     def _set_fitted(
@@ -429,6 +490,8 @@ class CMCL:
             "z_scale": self.z_scale_.tolist(),
             "weighted_adjacency": self.weighted_adjacency_.tolist(),
             "raw_adjacency": self.raw_adjacency_.tolist(),
+            "u_roles": self.u_roles_,
+            "stability": None if self.stability_ is None else _stability_dict(self.stability_),
             "history": self.history_,
         }
         torch.save({"state": state, "meta": json.dumps(meta)}, path)
@@ -442,7 +505,7 @@ class CMCL:
             device: torch device (CUDA when available, else CPU, when None).
 
         Returns:
-            The fitted estimator.
+            The fitted estimator (without ``structure_data_``, which is not saved).
         """
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(blob["meta"])
@@ -464,4 +527,25 @@ class CMCL:
         model.raw_adjacency_ = np.array(meta["raw_adjacency"])
         model.history_ = meta["history"]
         model.edges_ = edge_list(W, model.node_names_)
+        model.u_roles_ = dict(meta.get("u_roles") or {})
+        roles = _role_indices(model.u_roles_, model.u_names_)
+        model.knowledge_ = knowledge_mask(model.n_features_in_, model.latent_dim_, roles)
+        model.structure_data_ = None
+        stab = meta.get("stability")
+        model.set_stability(None if stab is None else _stability_from_dict(stab))
         return model
+
+
+def _stability_dict(s: Stability) -> dict[str, Any]:
+    return {
+        "adjacency": s.adjacency.tolist(),
+        "forward": s.forward.tolist(),
+        "weight": s.weight.tolist(),
+        "resamples": s.resamples,
+        "level": s.level,
+    }
+
+
+def _stability_from_dict(d: dict[str, Any]) -> Stability:
+    arrays = {k: np.array(d[k]) for k in ("adjacency", "forward", "weight")}
+    return Stability(**arrays, resamples=int(d["resamples"]), level=str(d["level"]))

@@ -9,6 +9,7 @@ step serves every two-stage pipeline that learns a graph on estimated latents.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +18,24 @@ from cmcl_core.config import CMCLConfig
 from cmcl_core.dag import NotearsMLP, learn_dag
 from cmcl_core.orientation import orient_edges
 from cmcl_core.variables import VariableType
+
+
+@dataclass(frozen=True)
+class StructureData:
+    """The data the final graph is solved on: DAG inputs of ``[u, z]`` and their description.
+
+    Attributes:
+        X: ``[n, d + m]`` rows of the training data (at most ``refit_dag_max_samples``):
+            continuous u and z standardised, binary 0/1, categorical codes.
+        types: a type per column.
+        allowed: ``[(d + m), (d + m)]`` mask of possible edges (bipartite and knowledge).
+        levels: level count per column (1 unless categorical).
+    """
+
+    X: np.ndarray
+    types: tuple[str, ...]
+    allowed: np.ndarray
+    levels: tuple[int, ...]
 
 
 def solve_structure(

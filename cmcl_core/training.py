@@ -38,7 +38,7 @@ from cmcl_core.objective import (
     representation_losses,
 )
 from cmcl_core.rotation import rewritten_parameters, rotate_latents
-from cmcl_core.structure import refit_functions, solve_structure
+from cmcl_core.structure import StructureData, refit_functions, solve_structure
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class FitResult:
         z_scale: [m] their standard deviation (+1e-6): the DAG sees ``(z - shift) / scale``.
         raw_adjacency: ``[(d + m), (d + m)]`` weighted adjacency of the jointly trained DAG.
         weighted_adjacency: the final graph (thresholded, acyclic).
+        structure: the data the final graph was solved on (for resampling it).
         history: one record per epoch (loss parts, ``h``, ``rho``, ``alpha``, ``val_loss``,
             ``seconds``).
     """
@@ -65,6 +66,7 @@ class FitResult:
     z_scale: np.ndarray
     raw_adjacency: np.ndarray
     weighted_adjacency: np.ndarray
+    structure: StructureData
     history: list[dict] = field(default_factory=list)
 
 
@@ -293,8 +295,9 @@ def _final_graph(
         rows = np.sort(rng.choice(rows, cfg.refit_dag_max_samples, replace=False))
     u_dag = net.dag_inputs(u[rows]).cpu().numpy()
     X = np.concatenate([u_dag, (z[rows] - z_shift) / z_scale], 1)  # [n, d + m]
+    allowed = net.dag.allowed.cpu().numpy()
+    structure = StructureData(X, tuple(net.dag_types), allowed, tuple(net.dag_levels))
     if cfg.refit_dag:
-        allowed = net.dag.allowed.cpu().numpy()
         W = solve_structure(X, net.dag_types, allowed, seed, cfg)
     else:
         W = threshold_dag(raw, cfg.w_threshold)
@@ -302,4 +305,4 @@ def _final_graph(
     net.replace_dag(
         refit_functions(net.dag_types, net.dag_levels, X_t, W, cfg.dag_hidden, cfg.lambda2)
     )
-    return FitResult(z_shift, z_scale, raw, W, history)
+    return FitResult(z_shift, z_scale, raw, W, structure, history)
