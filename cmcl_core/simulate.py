@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,6 +189,7 @@ def simulate(
     gp_amplitude: float = 0.5,
     min_signal_std: float = 1.0,
     setting: str | None = None,
+    edges: Sequence[tuple[int, int, bool]] | None = None,
 ) -> SimulatedData:
     """Simulate images, structured variables and latents with a known bipartite DAG.
 
@@ -211,6 +213,9 @@ def simulate(
             edge (MLP weights are redrawn until met); 0 reproduces NOTEARS' draws exactly, some of
             whose edges are weaker than the noise.
         setting: Optional name recorded on the result.
+        edges: The graph instead of a random one: ``(u index, z index, causal)`` per edge,
+            ``causal`` True for ``u -> z``; each node in at most one edge. ``n_edges`` must
+            equal its length.
 
     Returns:
         A :class:`SimulatedData`.
@@ -232,9 +237,12 @@ def simulate(
     )
     rng = np.random.default_rng(seed)
     # (1) the graph: n_edges random one-to-one u-z pairs, each with a random direction
-    u_idx = rng.choice(d, size=n_edges, replace=False)
-    z_idx = rng.choice(m, size=n_edges, replace=False)
-    causal = rng.random(n_edges) < 0.5  # True: u -> z (Assumption 2.1), False: z -> u (2.2)
+    if edges is None:
+        u_idx = rng.choice(d, size=n_edges, replace=False)
+        z_idx = rng.choice(m, size=n_edges, replace=False)
+        causal = rng.random(n_edges) < 0.5  # True: u -> z (Assumption 2.1), False: z -> u (2.2)
+    else:
+        u_idx, z_idx, causal = _given_edges(edges, d, m, n_edges)
     B = np.zeros((d + m, d + m), dtype=np.int64)
     B[u_idx[causal], d + z_idx[causal]] = 1
     B[d + z_idx[~causal], u_idx[~causal]] = 1
@@ -288,6 +296,21 @@ def simulate(
         seed=seed,
         setting=setting,
     )
+
+
+def _given_edges(
+    edges: Sequence[tuple[int, int, bool]], d: int, m: int, n_edges: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u indices, z indices, causal flags) of a given one-to-one bipartite graph."""
+    if len(edges) != n_edges:
+        raise ValueError(f"simulate: n_edges={n_edges} but {len(edges)} edges were given.")
+    u_idx = np.array([int(e[0]) for e in edges], dtype=int)
+    z_idx = np.array([int(e[1]) for e in edges], dtype=int)
+    if len(set(u_idx.tolist())) < len(edges) or len(set(z_idx.tolist())) < len(edges):
+        raise ValueError("simulate: each u and each z may be in at most one given edge.")
+    if len(edges) and (u_idx.min() < 0 or u_idx.max() >= d or z_idx.min() < 0 or z_idx.max() >= m):
+        raise ValueError(f"simulate: edge indices must be u in [0, {d}) and z in [0, {m}).")
+    return u_idx, z_idx, np.array([bool(e[2]) for e in edges], dtype=bool)
 
 
 def _validate(

@@ -187,3 +187,23 @@ def test_digits_rotation_and_shift() -> None:
     np.testing.assert_allclose(moved, shf.transform, atol=0.3)
     again = make_shift_digits(n=60, seed=1)
     np.testing.assert_array_equal(again.images, shf.images)
+
+
+def test_a_given_graph_is_simulated_as_given() -> None:
+    edges = [(0, 0, True), (1, 3, False), (3, 1, True)]
+    data = simulate(4, 4, 3, n=200, n_binary=2, seed=1, edges=edges)
+    expected = np.zeros((8, 8), dtype=int)
+    expected[0, 4] = expected[7, 1] = expected[3, 5] = 1
+    np.testing.assert_array_equal(data.B_true, expected)
+    assert set(np.unique(data.u[:, 1])) == {0.0, 1.0}  # a binary effect of z3
+    # the random draw is unchanged when no graph is given
+    np.testing.assert_array_equal(
+        simulate(4, 4, 3, n=50, seed=1).B_true, simulate(4, 4, 3, n=50, seed=1).B_true
+    )
+    for bad, match in (
+        ([(0, 0, True), (0, 1, True), (2, 2, True)], "at most one"),
+        ([(0, 0, True), (1, 9, True), (2, 2, True)], "indices"),
+        ([(0, 0, True)], "n_edges=3"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            simulate(4, 4, 3, n=50, edges=bad)
