@@ -37,7 +37,7 @@ def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     try:  # the PHI filter lives with de-identification; keep the CLI usable without it
-        from pipeline.deid import PhiLogFilter
+        from pipeline.redact import PhiLogFilter
 
         handler.addFilter(PhiLogFilter())
     except ImportError:  # pragma: no cover - only while the module does not exist yet
@@ -99,7 +99,7 @@ def synthetic(
     mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,
 ) -> None:
     """Write a synthetic DICOM cohort + clinical SQLite database with a known causal graph."""
-    from pipeline.synthetic import make_synthetic_cohort
+    from pipeline.synthetic.cohort import make_synthetic_cohort
 
     info = make_synthetic_cohort(
         out, n_patients=n_patients, setting=setting, seed=seed, mr_patients=mr_patients
@@ -111,7 +111,7 @@ def synthetic(
 @user_errors
 def ingest(config: ConfigOpt) -> None:
     """Ingest dicom.source: validate, de-identify, catalog or quarantine every file."""
-    from pipeline.ingest import ingest_command
+    from pipeline.ingest.scan import ingest_command
 
     ingest_command(config)
 
@@ -134,7 +134,7 @@ def edges(
     ] = None,
 ) -> None:
     """Print a run's learned edges: source, target, weight, direction."""
-    from pipeline.score import edges_command
+    from pipeline.model.score import edges_command
 
     edges_command(config, run_id)
 
@@ -160,7 +160,7 @@ def score(
     run_id: Annotated[int, typer.Option("--run", help="The trained run whose encoder to use.")],
 ) -> None:
     """Latents for newly ingested images with the run's ONNX encoder (no retraining)."""
-    from pipeline.score import score_command
+    from pipeline.model.score import score_command
 
     score_command(config, run_id)
 

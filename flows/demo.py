@@ -92,7 +92,7 @@ def run_demo(
     Raises:
         DataError: the pipeline run failed (its own message was printed above).
     """
-    from pipeline.synthetic import make_synthetic_cohort
+    from pipeline.synthetic.cohort import make_synthetic_cohort
 
     t0 = time.perf_counter()
     say = print if echo else (lambda *a, **k: None)
@@ -134,7 +134,7 @@ def run_demo(
 
 
 def _key_bytes(key_hex: str) -> bytes:
-    """The key as ``pipeline.deid.pseudonym_key_from_env`` reads it (hex, else UTF-8)."""
+    """The key as ``pipeline.pseudonyms.pseudonym_key_from_env`` reads it (hex, else UTF-8)."""
     try:
         return bytes.fromhex(key_hex.strip())
     except ValueError:
@@ -158,7 +158,7 @@ def _compare(workdir: Path, config: Path, key: bytes, seconds: float) -> DemoRes
     from db.engine import open_results
     from db.read import latest_run, read_edges, read_latents
     from pipeline.config import load_config
-    from pipeline.synthetic import true_latents
+    from pipeline.synthetic.cohort import true_latents
 
     truth = json.loads((workdir / "truth.json").read_text())
     cfg = load_config(config)

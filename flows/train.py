@@ -59,8 +59,8 @@ def _db(fn, *args, **kwargs):
 @task(name="ingest", **_IO)
 def ingest_task(cfg: Config, engine):
     """Scan dicom.source into the catalog and the preprocessed-array cache."""
-    from pipeline.deid import pseudonym_key_from_env
-    from pipeline.ingest import ingest
+    from pipeline.ingest.scan import ingest
+    from pipeline.pseudonyms import pseudonym_key_from_env
 
     key = pseudonym_key_from_env()  # read here: the key never passes through Prefect
 
@@ -81,8 +81,8 @@ def ingest_task(cfg: Config, engine):
 @task(name="load-clinical", **_IO)
 def clinical_task(cfg: Config):
     """Run the clinical query read-only; pseudonymise the ids."""
-    from pipeline.clinical import load_clinical
-    from pipeline.deid import pseudonym_key_from_env
+    from pipeline.clinical.source import load_clinical
+    from pipeline.pseudonyms import pseudonym_key_from_env
 
     table = load_clinical(cfg.clinical, key=pseudonym_key_from_env())
     get_run_logger().info("clinical: %d records, variables %s", len(table), list(table.u_names))
@@ -92,7 +92,7 @@ def clinical_task(cfg: Config):
 @task(name="join", **_CPU)
 def join_task(images, clinical):
     """Join catalogued images to clinical records on the patient key."""
-    from pipeline.join import join_cohort
+    from pipeline.clinical.join import join_cohort
 
     cohort = join_cohort(images, clinical)
     get_run_logger().info("join: %s", cohort.counts)
@@ -102,9 +102,9 @@ def join_task(images, clinical):
 @task(name="load-images", **_IO)
 def load_images_task(cfg: Config, cohort, out_path: Path) -> np.ndarray:
     """Stream the cohort's cached arrays into one memory-mapped ``[n, 1, S, S]`` file."""
-    from pipeline.cache import PreprocessCache
-    from pipeline.images import load_training_images
-    from pipeline.ingest import cache_dir_for
+    from pipeline.imaging.cache import PreprocessCache
+    from pipeline.imaging.images import load_training_images
+    from pipeline.ingest.scan import cache_dir_for
 
     return load_training_images(PreprocessCache(cache_dir_for(cfg)), cohort.cache_keys, out_path)
 
@@ -112,7 +112,7 @@ def load_images_task(cfg: Config, cohort, out_path: Path) -> np.ndarray:
 @task(name="train", **_CPU)
 def train_task(cfg: Config, cohort, images: np.ndarray):
     """Fit CMCL (CUDA when available); epochs and loss parts go to the run log."""
-    from pipeline.fit import fit_model
+    from pipeline.model.fit import fit_model
 
     log = get_run_logger()
     import torch
@@ -133,7 +133,7 @@ def train_task(cfg: Config, cohort, images: np.ndarray):
 @task(name="export-onnx", **_IO)
 def export_task(model, images: np.ndarray, u: np.ndarray, run_dir: Path):
     """Export encoder/decoder to ONNX; parity against PyTorch on the run's data."""
-    from pipeline.onnx_export import export_onnx
+    from pipeline.model.onnx_export import export_onnx
 
     return export_onnx(model.encoder_module(), model.decoder_module(), images, u, run_dir)
 
@@ -141,7 +141,7 @@ def export_task(model, images: np.ndarray, u: np.ndarray, run_dir: Path):
 @task(name="report", **_IO)
 def report_task(run_dir: Path, run_id: int, model, images, u, metrics: dict) -> Path:
     """DAG picture, intervention grids, saliency maps, metrics.json, index.html."""
-    from pipeline.report import write_report
+    from pipeline.report.page import write_report
 
     return write_report(run_dir, run_id=run_id, model=model, images=images, u=u, metrics=metrics)
 
@@ -150,7 +150,7 @@ def report_task(run_dir: Path, run_id: int, model, images, u, metrics: dict) -> 
 def write_back_task(engine, run_id: int, model, cohort, z, artifacts, metrics: dict) -> None:
     """Edges, latents, variables, artifacts and 'succeeded' in one transaction."""
     from db.write import write_run_results
-    from pipeline.fit import result_rows
+    from pipeline.model.fit import result_rows
 
     edges, variables, latents = result_rows(model, cohort, z)
     _db(
@@ -198,9 +198,9 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     from db.engine import open_results
     from db.records import ArtifactRow
     from db.write import finish_run, keep_alive, mark_stale_runs, start_run
-    from pipeline.deid import pseudonym_key_from_env
-    from pipeline.fit import code_version, data_fingerprint
-    from pipeline.ingest import cache_dir_for
+    from pipeline.ingest.scan import cache_dir_for
+    from pipeline.model.fit import code_version, data_fingerprint
+    from pipeline.pseudonyms import pseudonym_key_from_env
 
     t0 = time.perf_counter()
     log = get_run_logger()
@@ -296,7 +296,7 @@ def _work_root(cache_root: Path) -> Path:
 
 def _file_artifact(run_dir: Path, rel: str, kind: str):
     from db.records import ArtifactRow
-    from pipeline.onnx_export import sha256_file
+    from pipeline.model.onnx_export import sha256_file
 
     p = run_dir / rel
     return ArtifactRow(p.name, rel, sha256_file(p), p.stat().st_size, kind)
@@ -330,7 +330,7 @@ def run_command(config: Path, console=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.deid import pseudonym_key_from_env
+    from pipeline.pseudonyms import pseudonym_key_from_env
 
     console = console or Console()
     path = Path(config).resolve()

@@ -83,7 +83,7 @@ def test_flow_writes_a_succeeded_run(flow_run):
     assert metrics["onnx"]["onnx_encoder_max_abs_diff"] <= 1e-4
     assert metrics["onnx"]["onnx_decoder_max_abs_diff"] <= 1e-4
     run_dir = Path(cfg.results.report_dir) / f"run-{out['run_id']}"
-    from pipeline.onnx_export import sha256_file
+    from pipeline.model.onnx_export import sha256_file
 
     arts = get_artifacts(engine, out["run_id"])
     assert {"encoder.onnx", "decoder.onnx", "index.html"} <= {a["name"] for a in arts}
@@ -133,8 +133,8 @@ def test_onnx_session_refuses_altered_file_and_score_fills_latents(flow_run, tmp
 
     from db.read import get_artifacts, read_latents
     from pipeline.errors import DataError
-    from pipeline.onnx_export import load_session
-    from pipeline.score import run_folder, score_run
+    from pipeline.model.onnx_export import load_session
+    from pipeline.model.score import run_folder, score_run
 
     out, cfg_path, _ = flow_run
     engine, cfg = _engine(cfg_path)

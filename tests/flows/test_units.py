@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 
 
 def test_model_settings_split_latent_dim_and_reject_typos():
-    from pipeline.fit import DEFAULT_LATENT_DIM, model_settings
+    from pipeline.model.fit import DEFAULT_LATENT_DIM, model_settings
 
     m, cfg = model_settings({"latent_dim": 7, "epochs": 3})
     assert m == 7 and cfg.epochs == 3
@@ -51,7 +51,7 @@ def test_run_without_key_fails_before_prefect(tiny_config, monkeypatch):
 
 
 def test_intervention_values():
-    from pipeline.report import intervention_values
+    from pipeline.report.page import intervention_values
 
     assert intervention_values(np.array([0.0, 1.0, 1.0, 0.0]), "binary") == [0.0, 1.0]
     v = intervention_values(np.arange(101.0), "continuous")

@@ -1,0 +1,164 @@
+"""``cmcl score`` (latents for new images with a run's ONNX encoder) and ``cmcl edges``.
+
+Scoring never retrains: it ingests ``dicom.source`` (new files are catalogued and preprocessed;
+known ones are skipped), joins clinical records (the encoder takes ``(image, u)``), keeps the
+images the run has no latent for yet, loads the run's ``encoder.onnx`` only if its sha256
+matches the one recorded in ``cmcl_artifacts``, and writes the posterior means to
+``cmcl_latents`` with ``scored = true``. The ONNX Runtime provider used (CUDA when present,
+else CPU) is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config, expand_env, load_config
+from pipeline.errors import DatabaseUnavailable, DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Counts of one scoring pass (no patient data)."""
+
+    run_id: int
+    joined: int  # images joined to clinical records
+    already: int  # of those, images the run already had latents for
+    scored: int  # latents written now
+    provider: str
+
+
+def _open(cfg: Config):
+    from db.engine import open_results
+    from db.errors import ResultsDatabaseError
+
+    try:
+        return open_results(expand_env(cfg.results.url))
+    except ResultsDatabaseError as err:
+        raise DatabaseUnavailable(err.problem, err.fix) from None
+
+
+def run_folder(cfg: Config, run_id: int) -> Path:
+    """The folder of a run's report and ONNX files: ``results.report_dir/run-<id>``."""
+    return Path(cfg.results.report_dir) / f"run-{run_id}"
+
+
+def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
+    """Score the images a succeeded run has no latents for, with its ONNX encoder.
+
+    Args:
+        cfg: the pipeline config (same ``dicom``/``clinical``/``results`` as the run).
+        run_id: a succeeded run.
+        key: the pseudonym key (the one the run was ingested with).
+        engine: an open results engine.
+
+    Returns:
+        Counts of what was scored.
+
+    Raises:
+        DataError: the run does not exist or did not succeed, its clinical variables differ
+            from the current query's, or its encoder file is missing or altered.
+    """
+    from db.read import get_artifacts, get_run, read_latents, read_variables
+    from db.records import LatentRow
+    from db.write import write_latents
+    from pipeline.clinical.join import join_cohort
+    from pipeline.clinical.source import load_clinical
+    from pipeline.imaging.cache import PreprocessCache
+    from pipeline.imaging.images import load_training_images
+    from pipeline.ingest.scan import cache_dir_for, ingest
+    from pipeline.model.onnx_export import ENCODER_FILE, encode, load_session
+
+    run = get_run(engine, run_id)
+    if run is None or run["status"] != "succeeded":
+        state = "does not exist" if run is None else f"has status {run['status']}"
+        raise DataError(
+            f"run {run_id} {state}", "pick a succeeded run: `cmcl edges` shows the latest"
+        )
+    u_run = [v["name"] for v in read_variables(engine, run_id) if v["kind"] == "clinical"]
+    art = {a["name"]: a for a in get_artifacts(engine, run_id)}
+    if ENCODER_FILE not in art:
+        raise DataError(f"run {run_id} has no {ENCODER_FILE} artifact", "re-run `cmcl run`")
+    cohort = join_cohort(
+        ingest(cfg, key=key, engine=engine).images, load_clinical(cfg.clinical, key=key)
+    )
+    if list(cohort.u_names) != u_run:
+        raise DataError(
+            f"the clinical query gives variables {list(cohort.u_names)} but run {run_id} was "
+            f"trained on {u_run}",
+            "score with the config the run was trained with",
+        )
+    have = {r["image_key"] for r in read_latents(engine, run_id)}
+    todo = [i for i, k in enumerate(cohort.image_keys) if k not in have]
+    session = load_session(
+        run_folder(cfg, run_id) / art[ENCODER_FILE]["relpath"], art[ENCODER_FILE]["sha256"]
+    )
+    provider = session.get_providers()[0]
+    if todo:
+        cache = PreprocessCache(cache_dir_for(cfg))
+        with tempfile.TemporaryDirectory(dir=cache.root) as tmp:
+            keys = [cohort.cache_keys[i] for i in todo]
+            images = load_training_images(cache, keys, Path(tmp) / "score.npy")  # [k, 1, S, S]
+            z = encode(session, images, cohort.u[todo])  # [k, m]
+            del images
+        rows = (
+            LatentRow(cohort.image_keys[i], cohort.patient_keys[i], z[r].tolist())
+            for r, i in enumerate(todo)
+        )
+        write_latents(engine, run_id, rows, scored=True)
+    logger.info("run %d: scored %d new images with %s", run_id, len(todo), provider)
+    return ScoreResult(run_id, len(cohort), len(cohort) - len(todo), len(todo), provider)
+
+
+def score_command(config: Path, run_id: int) -> ScoreResult:
+    """``cmcl score --config FILE --run ID``: score new images and print the counts."""
+    from db.errors import ResultsDatabaseError
+    from pipeline.pseudonyms import pseudonym_key_from_env
+
+    cfg = load_config(config)
+    key = pseudonym_key_from_env()
+    engine = _open(cfg)
+    try:
+        res = score_run(cfg, run_id, key=key, engine=engine)
+    except ResultsDatabaseError as err:
+        raise DatabaseUnavailable(err.problem, err.fix) from None
+    finally:
+        engine.dispose()
+    print(
+        f"run {res.run_id}: {res.scored} new images scored with {res.provider} "
+        f"({res.already} already had latents, {res.joined} joined images in all)"
+    )
+    return res
+
+
+def edges_command(config: Path, run_id: int | None = None) -> list[dict]:
+    """``cmcl edges --config FILE [--run ID]``: print a run's edges as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from db.errors import ResultsDatabaseError
+    from db.read import get_run, latest_run, read_edges
+
+    cfg = load_config(config)
+    engine = _open(cfg)
+    try:
+        run = latest_run(engine) if run_id is None else get_run(engine, run_id)
+        if run is None:
+            what = "no succeeded run yet" if run_id is None else f"run {run_id} does not exist"
+            raise DataError(f"{what} in the results database", "run `cmcl run --config FILE`")
+        rows = read_edges(engine, int(run["id"]))
+    except ResultsDatabaseError as err:
+        raise DatabaseUnavailable(err.problem, err.fix) from None
+    finally:
+        engine.dispose()
+    table = Table(title=f"run {run['id']} ({run['status']}): {len(rows)} edges, cause -> effect")
+    for col in ("source", "target", "weight", "direction"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["source"], r["target"], f"{r['weight']:+.3f}", r["direction"])
+    Console().print(table)
+    return rows
