@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
-from db.errors import ResultsDatabaseError, ResultsIntegrityError
+from db.errors import ResultsDatabaseError, ResultsIntegrityError, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +221,12 @@ def translate_errors(engine: sa.Engine, what: str) -> Iterator[None]:
             "a bug in the caller (duplicate key, missing run, value too long); nothing was written",
         ) from None
     except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as err:
+        first = _scrub(_first_line(err), engine.url)
         raise ResultsDatabaseError(
-            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {first}",
             "check that the database server is running and reachable, that the credentials "
             "in the environment are right and that the database is writable; then retry",
+            transient=is_transient(first),
         ) from None
 
 
@@ -297,6 +299,16 @@ def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.En
         engine.dispose()
         raise
     return engine
+
+
+@contextmanager
+def results_engine(url: str) -> Iterator[sa.Engine]:
+    """:func:`open_results` as a context manager: the engine is disposed on exit."""
+    engine = open_results(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def upgrade(url: str) -> str:

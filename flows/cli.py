@@ -1,7 +1,7 @@
 """The `cmcl` command line.
 
 Every command is thin: it loads the config, calls one pipeline/flow function and prints a
-summary. Errors the user can fix (``CMCLUserError``) are printed as a message naming the
+summary. Errors the user can fix (``UserError``) are printed as a message naming the
 problem and the fix, without a traceback, and exit with status 2.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import CMCLUserError
+from db.errors import UserError
 
 app = typer.Typer(
     name="cmcl",
@@ -50,13 +50,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CMCLUserError into a clean message and exit code 2."""
+    """Turn a UserError into a clean message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CMCLUserError as err:
+        except UserError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
 
@@ -174,15 +174,10 @@ app.add_typer(db_app)
 def db_upgrade(config: ConfigOpt) -> None:
     """Create or migrate the results database (results.url) to the newest schema."""
     from db.engine import safe_url, upgrade
-    from db.errors import ResultsDatabaseError
     from pipeline.config import expand_env, load_config
-    from pipeline.errors import DatabaseUnavailable
 
     cfg = load_config(config)
-    try:
-        revision = upgrade(expand_env(cfg.results.url))
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
+    revision = upgrade(expand_env(cfg.results.url))
     typer.echo(f"results database {safe_url(cfg.results.url)} is at revision {revision}")
 
 

@@ -32,8 +32,8 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from db.errors import UserError
 from pipeline.config import Config, load_config
-from pipeline.errors import CMCLUserError, DatabaseUnavailable
 
 STALE_ENV = "CMCL_STALE_AFTER_S"
 DEFAULT_STALE_S = 300.0  # a 'running' run silent this long is marked crashed at the next start
@@ -41,16 +41,6 @@ HEARTBEAT_S = 15.0
 
 _IO = dict(retries=2, retry_delay_seconds=5, persist_result=False, cache_policy=NONE)
 _CPU = dict(retries=0, persist_result=False, cache_policy=NONE)
-
-
-def _db(fn, *args, **kwargs):
-    """Call a db helper, mapping its errors to DatabaseUnavailable (problem + fix)."""
-    from db.errors import ResultsDatabaseError
-
-    try:
-        return fn(*args, **kwargs)
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
 
 
 # --- tasks: each wraps one pipeline function ------------------------------------------------
@@ -153,8 +143,7 @@ def write_back_task(engine, run_id: int, model, cohort, z, artifacts, metrics: d
     from pipeline.model.fit import result_rows
 
     edges, variables, latents = result_rows(model, cohort, z)
-    _db(
-        write_run_results,
+    write_run_results(
         engine,
         run_id,
         edges=edges,
@@ -206,13 +195,12 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     log = get_run_logger()
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
-    engine = _db(open_results, _expand(cfg.results.url))
+    engine = open_results(_expand(cfg.results.url))
     try:
-        _db(mark_stale_runs, engine, _stale_after())
+        mark_stale_runs(engine, _stale_after())
         import torch
 
-        run_id = _db(
-            start_run,
+        run_id = start_run(
             engine,
             config=cfg.redacted(),
             code_version=code_version(),
@@ -254,8 +242,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
                 ]
                 metrics["seconds"] = time.perf_counter() - t0
                 write_back_task(engine, run_id, model, cohort, z, artifacts, metrics)
-                _db(
-                    finish_run,
+                finish_run(
                     engine,
                     run_id,
                     status="succeeded",
@@ -306,7 +293,7 @@ def _record_failure(engine, run_id: int, err: BaseException, fingerprint: str | 
     """Mark the run failed with a PHI-free message (user errors carry their own message)."""
     from db.write import finish_run
 
-    if isinstance(err, CMCLUserError):
+    if isinstance(err, UserError):
         msg = str(err)
     elif isinstance(err, KeyboardInterrupt):
         msg = "interrupted"

@@ -17,8 +17,10 @@ from urllib.parse import quote, unquote
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
+from db.engine import PG_CONNECT_TIMEOUT_S
+from db.errors import DatabaseUnavailable, is_transient
 from pipeline.config import expand_env
-from pipeline.errors import ConfigError, DatabaseUnavailable
+from pipeline.errors import ConfigError
 
 
 def readonly_url(url: str) -> URL:
@@ -55,6 +57,10 @@ def readonly_url(url: str) -> URL:
     )
 
 
+def _is_postgres(u: URL) -> bool:
+    return u.get_backend_name() == "postgresql"
+
+
 def describe(u: URL) -> str:
     """The database for messages: host/file, never a password (SQLite shown as its path)."""
     if u.get_backend_name() == "sqlite" and u.query.get("mode") == "ro":
@@ -76,8 +82,11 @@ def readonly_connection(url: str) -> Iterator[Connection]:
         ConfigError, DatabaseUnavailable: see ``readonly_url``; unreachable database.
     """
     u = readonly_url(url)
+    connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if _is_postgres(u) else {}
     try:
-        engine = sa.create_engine(u, hide_parameters=True, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(
+            u, hide_parameters=True, poolclass=sa.pool.NullPool, connect_args=connect_args
+        )
     except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as err:
         raise ConfigError(
             f"cannot open clinical.url {describe(u)}: unknown backend or driver "
@@ -88,15 +97,17 @@ def readonly_connection(url: str) -> Iterator[Connection]:
         try:
             conn = engine.connect()
         except sa.exc.DBAPIError as err:
+            message = safe_message(err)
             raise DatabaseUnavailable(
-                f"cannot connect to the clinical database {describe(u)}: {safe_message(err)}",
+                f"cannot connect to the clinical database {describe(u)}: {message}",
                 "check clinical.url, that the server is running and reachable, and the "
                 "password's environment variable",
+                transient=is_transient(message),
             ) from None
         with conn:
             trans = conn.begin()
             try:
-                if u.get_backend_name() == "postgresql":
+                if _is_postgres(u):
                     conn.execute(sa.text("SET TRANSACTION READ ONLY"))
                 yield conn
             finally:
@@ -122,3 +133,18 @@ def safe_message(err: sa.exc.DBAPIError) -> str:
         first = first.split(":", 1)[0] + ": <value redacted>"
     first = _DIGITS.sub("<n>", _QUOTED.sub("'<redacted>'", first))
     return f"{type(orig).__name__}: {first[:300]}"
+
+
+def check_clinical_source(url: str) -> None:
+    """Open and close a read-only connection to the clinical database (a fail-fast check).
+
+    Run before any file is ingested, so a wrong ``clinical.url`` (a missing SQLite file, an
+    unknown database or role, a wrong password, a server that is down) costs nothing.
+
+    Raises:
+        ConfigError: the URL cannot be parsed or names an unknown backend/driver.
+        DatabaseUnavailable: the database cannot be reached or opened (``transient`` when a
+            retry may help).
+    """
+    with readonly_connection(url):
+        pass

@@ -44,7 +44,7 @@ from pipeline.dicom.validate import (
     Reason,
     sha256_bytes,
 )
-from pipeline.errors import ConfigError, DatabaseUnavailable
+from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +154,10 @@ def preprocess_spec_for(cfg: Config):
 
 
 def open_results_db(url: str):
-    """Open (and migrate) the results database, mapping failures to DatabaseUnavailable."""
+    """Open (and migrate) the results database at ``url`` (``${ENV}`` references expanded)."""
     from db.engine import open_results
-    from db.errors import ResultsDatabaseError
 
-    try:
-        return open_results(expand_env(url))
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
+    return open_results(expand_env(url))
 
 
 def _load_catalog(engine) -> dict[str, _CatalogEntry]:
@@ -362,12 +358,8 @@ def ingest(
     own = engine is None
     if own:
         engine = open_results_db(cfg.results.url)
-    from db.errors import ResultsDatabaseError
-
     try:
         return _scan(cfg, source, key, engine, progress)
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
     finally:
         if own:
             engine.dispose()

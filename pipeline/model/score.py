@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, expand_env, load_config
-from pipeline.errors import DatabaseUnavailable, DataError
+from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +30,6 @@ class ScoreResult:
     already: int  # of those, images the run already had latents for
     scored: int  # latents written now
     provider: str
-
-
-def _open(cfg: Config):
-    from db.engine import open_results
-    from db.errors import ResultsDatabaseError
-
-    try:
-        return open_results(expand_env(cfg.results.url))
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
 
 
 def run_folder(cfg: Config, run_id: int) -> Path:
@@ -116,18 +106,13 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
 
 def score_command(config: Path, run_id: int) -> ScoreResult:
     """``cmcl score --config FILE --run ID``: score new images and print the counts."""
-    from db.errors import ResultsDatabaseError
+    from db.engine import results_engine
     from pipeline.pseudonyms import pseudonym_key_from_env
 
     cfg = load_config(config)
     key = pseudonym_key_from_env()
-    engine = _open(cfg)
-    try:
+    with results_engine(expand_env(cfg.results.url)) as engine:
         res = score_run(cfg, run_id, key=key, engine=engine)
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
-    finally:
-        engine.dispose()
     print(
         f"run {res.run_id}: {res.scored} new images scored with {res.provider} "
         f"({res.already} already had latents, {res.joined} joined images in all)"
@@ -140,21 +125,16 @@ def edges_command(config: Path, run_id: int | None = None) -> list[dict]:
     from rich.console import Console
     from rich.table import Table
 
-    from db.errors import ResultsDatabaseError
+    from db.engine import results_engine
     from db.read import get_run, latest_run, read_edges
 
     cfg = load_config(config)
-    engine = _open(cfg)
-    try:
+    with results_engine(expand_env(cfg.results.url)) as engine:
         run = latest_run(engine) if run_id is None else get_run(engine, run_id)
         if run is None:
             what = "no succeeded run yet" if run_id is None else f"run {run_id} does not exist"
             raise DataError(f"{what} in the results database", "run `cmcl run --config FILE`")
         rows = read_edges(engine, int(run["id"]))
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
-    finally:
-        engine.dispose()
     table = Table(title=f"run {run['id']} ({run['status']}): {len(rows)} edges, cause -> effect")
     for col in ("source", "target", "weight", "direction"):
         table.add_column(col)

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline.clinical.source import load_clinical, readonly_connection
+from db.errors import DatabaseUnavailable
+from pipeline.clinical.connection import check_clinical_source, readonly_connection
+from pipeline.clinical.source import load_clinical
 from pipeline.config import ClinicalConfig
-from pipeline.errors import ConfigError, DatabaseUnavailable, DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.pseudonyms import patient_key
 
 KEY = b"test-pseudonym-key-0123456789"
@@ -226,6 +228,9 @@ def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path):
     path = tmp_path / "nope.db"
     with pytest.raises(DatabaseUnavailable, match="does not exist"):
         load_clinical(_cfg(f"sqlite:///{path}"), key=KEY)
+    with pytest.raises(DatabaseUnavailable, match="does not exist") as ei:
+        check_clinical_source(f"sqlite:///{path}")  # the fail-fast check before ingest
+    assert not ei.value.transient
     assert not path.exists()
 
 
@@ -237,6 +242,15 @@ def test_unreachable_postgres_names_database_not_password(monkeypatch):
     msg = str(ei.value)
     assert "127.0.0.1" in msg and "clinic" in msg
     assert "s3cret-Pa55word" not in msg
+    assert ei.value.transient  # a refused connection may succeed on a retry
+
+
+@pytest.mark.postgres
+def test_missing_postgres_database_is_permanent_and_checked_before_use(pg_admin_url):
+    url = sa.make_url(pg_admin_url).set(database="cmcl_no_such_clinic_db")
+    with pytest.raises(DatabaseUnavailable, match="does not exist") as ei:
+        check_clinical_source(url.render_as_string(hide_password=False))
+    assert not ei.value.transient  # retrying cannot create the database
 
 
 def test_unset_password_variable_and_bad_url_are_config_errors(monkeypatch):
