@@ -31,6 +31,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
 from db.errors import ResultsDatabaseError, ResultsIntegrityError, is_transient
+from db.urls import safe_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ _PG_MIGRATION_LOCK = 0x434D434C  # "CMCL": pg_advisory_xact_lock key serialising
 _SQLITE_BEGIN = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
 #: execution option read by the SQLite BEGIN hook; write helpers use IMMEDIATE
 SQLITE_BEGIN_OPTION = "cmcl_sqlite_begin"
-
-
-def safe_url(url: str | sa.URL) -> str:
-    """The URL as text with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return "<unparseable URL>"
 
 
 def _json_ready(obj: Any) -> Any:
@@ -170,12 +163,6 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
-def _scrub(text: str, u: sa.URL) -> str:
-    if u.password:
-        text = text.replace(str(u.password), "***")
-    return text
-
-
 def create_results_engine(url: str, *, echo: bool = False) -> sa.Engine:
     """Create the engine only (no connection, no migration); see :func:`open_results`."""
     u = _normalise(url)
@@ -217,11 +204,11 @@ def translate_errors(engine: sa.Engine, what: str) -> Iterator[None]:
         yield
     except (exc.IntegrityError, exc.DataError) as err:
         raise ResultsIntegrityError(
-            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {scrub(_first_line(err), engine.url)}",
             "a bug in the caller (duplicate key, missing run, value too long); nothing was written",
         ) from None
     except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as err:
-        first = _scrub(_first_line(err), engine.url)
+        first = scrub(_first_line(err), engine.url)
         raise ResultsDatabaseError(
             f"results database {shown}: could not {what}: {first}",
             "check that the database server is running and reachable, that the credentials "

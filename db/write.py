@@ -9,7 +9,6 @@ any bound value in the message.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from db.records import (
     RunStatus,
     VariableRow,
 )
+from db.urls import mask_passwords
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +133,6 @@ def _delete_by_file_key(
 # --- run life cycle -------------------------------------------------------------------------
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
-
-
-def _redact(obj: Any) -> Any:
-    """Mask literal passwords in URL strings anywhere in a config (``${VAR}`` is kept)."""
-    if isinstance(obj, str):
-        return _URL_PASSWORD.sub(
-            lambda mt: mt.group(0) if mt["pw"].startswith("${") else mt["head"] + "***", obj
-        )
-    if isinstance(obj, dict):
-        return {k: _redact(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_redact(v) for v in obj]
-    return obj
-
-
 def start_run(
     engine: sa.Engine,
     *,
@@ -171,7 +155,7 @@ def start_run(
         status=RunStatus.RUNNING.value,
         started_at=now,
         heartbeat_at=now,
-        config=_redact(config),
+        config=mask_passwords(config),
         code_version=code_version,
         data_fingerprint=data_fingerprint,
         device=device,

@@ -173,7 +173,8 @@ app.add_typer(db_app)
 @user_errors
 def db_upgrade(config: ConfigOpt) -> None:
     """Create or migrate the results database (results.url) to the newest schema."""
-    from db.engine import safe_url, upgrade
+    from db.engine import upgrade
+    from db.urls import safe_url
     from pipeline.config import expand_env, load_config
 
     cfg = load_config(config)

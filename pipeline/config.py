@@ -38,9 +38,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cmcl_core.variables import VariableType
+from db.urls import ENV_REF, literal_password
 from pipeline.errors import ConfigError
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class MriReduction(StrEnum):
@@ -56,8 +55,7 @@ class _Strict(BaseModel):
 
 def _check_url(url: str, key: str) -> str:
     """Refuse a literal password; the ${VAR} form is expanded later by ``expand_env``."""
-    m = re.match(r"^[A-Za-z0-9+]+://[^:/@]*:([^@]*)@", url)
-    if m and not _ENV_REF.fullmatch(m.group(1)):
+    if literal_password(url) is not None:
         raise ValueError(
             f"{key} contains a literal password; put it in an environment variable and "
             f"write it as ${{NAME}} in the URL (secrets never live in the config file)"
@@ -132,7 +130,7 @@ def expand_env(url: str) -> str:
             )
         return os.environ[name]
 
-    return _ENV_REF.sub(repl, url)
+    return ENV_REF.sub(repl, url)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, Connection
 
 from db.engine import PG_CONNECT_TIMEOUT_S
 from db.errors import DatabaseUnavailable, is_transient
+from db.urls import safe_url
 from pipeline.config import expand_env
 from pipeline.errors import ConfigError
 
@@ -65,7 +66,7 @@ def describe(u: URL) -> str:
     """The database for messages: host/file, never a password (SQLite shown as its path)."""
     if u.get_backend_name() == "sqlite" and u.query.get("mode") == "ro":
         return f"SQLite file {unquote((u.database or '').removeprefix('file:'))} (read-only)"
-    return u.render_as_string(hide_password=True)
+    return safe_url(u)
 
 
 @contextmanager
