@@ -83,8 +83,9 @@ def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int)
     t0 = time.perf_counter()
     import pipeline.imaging.cache  # noqa: F401 - one-time imports (torch, MONAI) are not per-file work
     import pipeline.imaging.mri  # noqa: F401
-    from pipeline.config import config_from_dict
-    from pipeline.ingest.scan import ingest, open_results_db
+    from db.engine import open_results
+    from pipeline.config import config_from_dict, expand_env
+    from pipeline.ingest.scan import ingest
 
     import_s = time.perf_counter() - t0
 
@@ -100,7 +101,7 @@ def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int)
             "results": {"url": f"sqlite:///{workdir / 'results.db'}"},
         }
     )
-    engine = open_results_db(cfg.results.url)
+    engine = open_results(expand_env(cfg.results.url))
     out = []
     for _ in range(runs):
         t0, c0 = time.perf_counter(), cpu_seconds()

@@ -202,3 +202,19 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{p} is not valid YAML: {err}") from None
     return config_from_dict(data, source=str(p), base_dir=p.parent.resolve())
+
+
+def cache_dir_for(cfg: Config) -> Path:
+    """The preprocessed-array cache: ``dicom.cache_dir``, else ``.cmcl_cache`` beside a SQLite
+    results file, else ``./.cmcl_cache``."""
+    if cfg.dicom.cache_dir is not None:
+        return Path(cfg.dicom.cache_dir)
+    url = cfg.results.url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///") :]).parent / ".cmcl_cache"
+    return Path.cwd() / ".cmcl_cache"
+
+
+def run_folder(cfg: Config, run_id: int) -> Path:
+    """The folder of a run's report, model and ONNX files: ``results.report_dir/run-<id>``."""
+    return Path(cfg.results.report_dir) / f"run-{run_id}"

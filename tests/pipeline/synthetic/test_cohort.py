@@ -292,8 +292,9 @@ def test_regenerates_its_own_folder_and_explicit_graph(tmp_path):
 def test_ingest_and_join_report_what_truth_promises(tmp_path):
     """The real ingest on a generated cohort: counts per reason, training units, the join, and
     preprocessed arrays equal to the simulated images (MONOCHROME1, 2x files and MR series)."""
+    from pipeline.config import cache_dir_for
     from pipeline.imaging.cache import PreprocessCache
-    from pipeline.ingest.scan import cache_dir_for, ingest
+    from pipeline.ingest.scan import ingest
     from pipeline.pseudonyms import series_key
 
     info = make_synthetic_cohort(tmp_path / "c", **{**PARAMS, "workers": None})
