@@ -48,6 +48,13 @@ _MAX_ERROR = 4000
 # --- catalog and quarantine -----------------------------------------------------------------
 
 
+def _stamped(rows: Iterable[Any], chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Batches of records as dicts seen now (an upsert keeps the first ``first_seen_at``)."""
+    for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
+        now = utcnow()
+        yield [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+
+
 def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int = CHUNK) -> int:
     """Add or refresh catalog rows; idempotent on ``image_key``.
 
@@ -68,9 +75,7 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
     with write_tx(engine, "update the image catalog") as conn:
-        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
-            now = utcnow()
-            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+        for data in _stamped(rows, chunk_size):
             file_keys = [d["file_key"] for d in data]
             conn.execute(sa.delete(quarantine).where(quarantine.c.file_key.in_(file_keys)))
             # rare: the same file path now holds another instance; drop the stale row
@@ -99,9 +104,7 @@ def upsert_quarantine(
     images, quarantine = Image.__table__, Quarantine.__table__
     n = 0
     with write_tx(engine, "update the quarantine") as conn:
-        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
-            now = utcnow()
-            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+        for data in _stamped(rows, chunk_size):
             conn.execute(
                 sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data]))
             )
@@ -179,6 +182,12 @@ def heartbeat(engine: sa.Engine, run_id: int) -> None:
         log.warning("heartbeat for run %s ignored: it is not running", run_id)
 
 
+def _closing_values(status: RunStatus, **fields: Any) -> dict[str, Any]:
+    """The columns that close a run: its status, finished_at, and each field given (not None)."""
+    values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
+    return values | {k: v for k, v in fields.items() if v is not None}
+
+
 def finish_run(
     engine: sa.Engine,
     run_id: int,
@@ -205,8 +214,8 @@ def finish_run(
     st = RunStatus(status)
     if st not in _FINISHED:
         raise ValueError(f"finish_run needs one of {[s.value for s in _FINISHED]}, got {status!r}")
-    values: dict[str, Any] = {"status": st.value, "finished_at": utcnow()}
-    optional = dict(
+    values = _closing_values(
+        st,
         metrics=metrics,
         error=None if error is None else error[:_MAX_ERROR],
         n_images=n_images,
@@ -214,7 +223,6 @@ def finish_run(
         device=device,
         data_fingerprint=data_fingerprint,
     )
-    values |= {k: v for k, v in optional.items() if v is not None}
     runs = Run.__table__
     with write_tx(engine, f"finish run {run_id}") as conn:
         res = conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
@@ -297,6 +305,10 @@ def write_run_results(
     variables: Sequence[VariableRow] = (),
     artifacts: Sequence[ArtifactRow] = (),
     metrics: dict[str, Any] | None = None,
+    n_images: int | None = None,
+    n_patients: int | None = None,
+    device: str | None = None,
+    data_fingerprint: str | None = None,
 ) -> None:
     """Write a run's results and mark it succeeded, in ONE transaction.
 
@@ -314,6 +326,7 @@ def write_run_results(
         variables: the graph's nodes; when latent ones are given, m must equal their count.
         artifacts: files with sha256 (e.g. encoder.onnx, decoder.onnx).
         metrics: replaces the run's metrics when given.
+        n_images, n_patients, device, data_fingerprint: set on the run row when given.
 
     Raises:
         ValueError: inconsistent input (z length, non-finite values, unknown run).
@@ -341,9 +354,14 @@ def write_run_results(
                 [asdict(a) | {"run_id": run_id, "created_at": now} for a in artifacts],
             )
         n, m = insert_latents(conn, run_id, latents, m_expected, scored=False)
-        values: dict[str, Any] = {"status": RunStatus.SUCCEEDED.value, "finished_at": utcnow()}
-        if metrics is not None:
-            values["metrics"] = metrics
+        values = _closing_values(
+            RunStatus.SUCCEEDED,
+            metrics=metrics,
+            n_images=n_images,
+            n_patients=n_patients,
+            device=device,
+            data_fingerprint=data_fingerprint,
+        )
         runs = Run.__table__
         conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
     log.info("run %s: wrote %d edges, %d latents (m = %s)", run_id, len(edges), n, m)

@@ -1,4 +1,4 @@
-"""Training step of a pipeline run: model settings, data fingerprint, fit, result rows.
+"""Training step of a pipeline run: model settings, data fingerprint, fit, latents, save.
 
 The Prefect flow (:mod:`flows.train`) wraps each function here in one task; nothing here knows
 about Prefect, so the same steps are usable from a notebook or a test.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cmcl_core.config import CMCLConfig
 from cmcl_core.estimator import CMCL
@@ -29,6 +30,7 @@ from pipeline.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 DEFAULT_LATENT_DIM = 5
+MODEL_FILE = "model.pt"
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -141,38 +143,19 @@ def fit_model(
     return model
 
 
-def node_kind(name: str, u_names: tuple[str, ...] | list[str]) -> str:
-    """'clinical' for a clinical variable, 'latent' for ``z<j>``."""
-    return "clinical" if name in u_names else "latent"
+def default_device() -> str:
+    """The device kind training will use: ``cuda`` when torch sees a GPU, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def result_rows(model: CMCL, cohort: JoinedCohort, z: np.ndarray):
-    """Edges, graph variables and latents of a fitted run as ``db.records`` rows.
+def posterior_means(model: CMCL, images: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The fitted model's posterior means of ``z`` for the run's own images: ``[n, m]``."""
+    return model.transform(images, u)
 
-    Args:
-        model: the fitted estimator.
-        cohort: the cohort it was fitted on.
-        z: ``[n, m]`` posterior means, rows aligned with the cohort.
 
-    Returns:
-        ``(edges, variables, latents)``: lists of EdgeRow, VariableRow, and a generator of
-        LatentRow (streamed into the write).
-    """
-    from db.records import EdgeRow, LatentRow, VariableRow
-
-    u_names = list(model.u_names_)
-    edges = [
-        EdgeRow(s, t, float(w), node_kind(s, u_names), node_kind(t, u_names))
-        for s, t, w in model.edges_
-    ]
-    variables = [
-        VariableRow(n, "clinical", t, i)
-        for i, (n, t) in enumerate(zip(u_names, model.u_types_, strict=True))
-    ]
-    d = len(u_names)
-    variables += [VariableRow(f"z{j}", "latent", "continuous", d + j) for j in range(z.shape[1])]
-    latents = (
-        LatentRow(ik, pk, z[i].tolist())
-        for i, (ik, pk) in enumerate(zip(cohort.image_keys, cohort.patient_keys, strict=True))
-    )
-    return edges, variables, latents
+def save_model(model: CMCL, run_dir: Path) -> Path:
+    """Save the fitted estimator as ``model.pt`` in the run folder; returns its path."""
+    path = Path(run_dir) / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path))
+    return path

@@ -16,7 +16,6 @@ used to score patients.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from db.records import ArtifactRow
 from pipeline.errors import DataError
+from pipeline.model.artifacts import file_artifact, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +36,11 @@ PARITY_TARGET = 1e-4  # max |onnx - torch| accepted without a warning
 
 
 @dataclass(frozen=True)
-class OnnxArtifact:
-    """One exported file (mirrors ``db.records.ArtifactRow``; relpath is relative to the run)."""
-
-    name: str
-    relpath: str
-    sha256: str
-    size_bytes: int
-    kind: str = "onnx"
-
-
-@dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_onnx` wrote and how closely ONNX Runtime reproduces PyTorch."""
 
-    encoder: OnnxArtifact
-    decoder: OnnxArtifact
+    encoder: ArtifactRow
+    decoder: ArtifactRow
     encoder_max_abs_diff: float
     decoder_max_abs_diff: float
     provider: str
@@ -64,24 +54,6 @@ class ExportResult:
             <= PARITY_TARGET,
             "onnx_provider": self.provider,
         }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _artifact(path: Path, run_dir: Path) -> OnnxArtifact:
-    return OnnxArtifact(
-        name=path.name,
-        relpath=str(path.relative_to(run_dir)),
-        sha256=sha256_file(path),
-        size_bytes=path.stat().st_size,
-    )
 
 
 def _export(module: torch.nn.Module, args: tuple, names: list[str], out: list[str], path: Path):
@@ -139,7 +111,8 @@ def export_onnx(
         z_ref = encoder.to("cpu")(x, uu)  # [k, m]
         _export(decoder, (z_ref[:ex],), ["z"], ["image"], dec_path)
         img_ref = decoder.to("cpu")(z_ref)  # [k, C, H, W]
-    enc_art, dec_art = _artifact(enc_path, out_dir), _artifact(dec_path, out_dir)
+    enc_art = file_artifact(enc_path, out_dir, "onnx")
+    dec_art = file_artifact(dec_path, out_dir, "onnx")
     enc_sess = load_session(enc_path, enc_art.sha256)
     dec_sess = load_session(dec_path, dec_art.sha256)
     z_onnx = enc_sess.run(["z"], {"x": x.numpy(), "u": uu.numpy()})[0]  # [k, m]
@@ -162,7 +135,7 @@ def export_onnx(
 
 def available_providers() -> list[str]:
     """Execution providers to ask for: CUDA first when this onnxruntime build has it."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: an optional extra (cpu or gpu build), heavy to load
 
     if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: load CUDA/cuDNN from torch
         try:
@@ -188,7 +161,7 @@ def load_session(path: Path, expected_sha256: str, *, intra_op_threads: int | No
     Raises:
         DataError: the file is missing or its hash differs from the recorded one.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: an optional extra (cpu or gpu build), heavy to load
 
     path = Path(path)
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""``cmcl score`` (latents for new images with a run's ONNX encoder) and ``cmcl edges``.
+"""Scoring: latents for newly ingested images with a trained run's ONNX encoder (``cmcl score``).
 
 Scoring never retrains: it ingests ``dicom.source`` (new files are catalogued and preprocessed;
 known ones are skipped), joins clinical records (the encoder takes ``(image, u)``), keeps the
@@ -15,8 +15,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Config, expand_env, load_config
+import sqlalchemy as sa
+
+from db.read import get_artifacts, get_run, read_latents, read_variables
+from db.records import LatentRow
+from db.write import write_latents
+from pipeline.clinical.join import join_cohort
+from pipeline.clinical.source import load_clinical
+from pipeline.config import Config, cache_dir_for, run_folder
 from pipeline.errors import DataError
+from pipeline.imaging.cache import PreprocessCache
+from pipeline.imaging.images import load_training_images
+from pipeline.ingest.scan import ingest
+from pipeline.model.onnx_export import ENCODER_FILE, encode, load_session
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +43,7 @@ class ScoreResult:
     provider: str
 
 
-def run_folder(cfg: Config, run_id: int) -> Path:
-    """The folder of a run's report and ONNX files: ``results.report_dir/run-<id>``."""
-    return Path(cfg.results.report_dir) / f"run-{run_id}"
-
-
-def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
+def score_run(cfg: Config, run_id: int, *, key: bytes, engine: sa.Engine) -> ScoreResult:
     """Score the images a succeeded run has no latents for, with its ONNX encoder.
 
     Args:
@@ -53,16 +59,6 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
         DataError: the run does not exist or did not succeed, its clinical variables differ
             from the current query's, or its encoder file is missing or altered.
     """
-    from db.read import get_artifacts, get_run, read_latents, read_variables
-    from db.records import LatentRow
-    from db.write import write_latents
-    from pipeline.clinical.join import join_cohort
-    from pipeline.clinical.source import load_clinical
-    from pipeline.imaging.cache import PreprocessCache
-    from pipeline.imaging.images import load_training_images
-    from pipeline.ingest.scan import cache_dir_for, ingest
-    from pipeline.model.onnx_export import ENCODER_FILE, encode, load_session
-
     run = get_run(engine, run_id)
     if run is None or run["status"] != "succeeded":
         state = "does not exist" if run is None else f"has status {run['status']}"
@@ -102,43 +98,3 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine) -> ScoreResult:
         write_latents(engine, run_id, rows, scored=True)
     logger.info("run %d: scored %d new images with %s", run_id, len(todo), provider)
     return ScoreResult(run_id, len(cohort), len(cohort) - len(todo), len(todo), provider)
-
-
-def score_command(config: Path, run_id: int) -> ScoreResult:
-    """``cmcl score --config FILE --run ID``: score new images and print the counts."""
-    from db.engine import results_engine
-    from pipeline.pseudonyms import pseudonym_key_from_env
-
-    cfg = load_config(config)
-    key = pseudonym_key_from_env()
-    with results_engine(expand_env(cfg.results.url)) as engine:
-        res = score_run(cfg, run_id, key=key, engine=engine)
-    print(
-        f"run {res.run_id}: {res.scored} new images scored with {res.provider} "
-        f"({res.already} already had latents, {res.joined} joined images in all)"
-    )
-    return res
-
-
-def edges_command(config: Path, run_id: int | None = None) -> list[dict]:
-    """``cmcl edges --config FILE [--run ID]``: print a run's edges as a table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from db.engine import results_engine
-    from db.read import get_run, latest_run, read_edges
-
-    cfg = load_config(config)
-    with results_engine(expand_env(cfg.results.url)) as engine:
-        run = latest_run(engine) if run_id is None else get_run(engine, run_id)
-        if run is None:
-            what = "no succeeded run yet" if run_id is None else f"run {run_id} does not exist"
-            raise DataError(f"{what} in the results database", "run `cmcl run --config FILE`")
-        rows = read_edges(engine, int(run["id"]))
-    table = Table(title=f"run {run['id']} ({run['status']}): {len(rows)} edges, cause -> effect")
-    for col in ("source", "target", "weight", "direction"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["source"], r["target"], f"{r['weight']:+.3f}", r["direction"])
-    Console().print(table)
-    return rows

@@ -1,32 +1,17 @@
-"""The per-run report: a folder readable offline, tying pictures and metrics together.
+"""The report's pictures: the learned graph, intervention grids and saliency maps.
 
-``write_report(...)`` writes into the run folder::
-
-    index.html                 links everything (relative links, no external assets or scripts)
-    dag.png                    the learned graph: clinical variables left, latents right, weights
-    interventions/<u>__<z>.png one grid per causal edge u -> z (Figures 4 and 6 of the paper):
-                               rows are sample images, columns the image regenerated under
-                               do(u = value) for a few values of u
-    saliency/<z>.png           where each edge's latent lives in the image
-    metrics.json               the run's metrics
-
-Saliency is the gradient of ``z_j`` with respect to the input pixels, in absolute value, averaged
-over samples (Simonyan et al. 2014), not the Grad-CAM++ maps of the paper: it needs no choice of
-convolutional layer and works on any encoder; the report says so.
-
-Privacy: the report names no patient or image. Sample images are shown without keys, files are
-named after variables and latents only, and metrics hold counts and training figures.
+Saliency is the gradient of ``z_j`` with respect to the input pixels, in absolute value,
+averaged over samples (Simonyan et al. 2014), not the Grad-CAM++ maps of the paper: it needs no
+choice of convolutional layer and works on any encoder. Pictures show no key: sample images are
+drawn without their keys, files are named after variables and latents only.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +23,8 @@ N_SALIENCY = 64  # images averaged for a saliency map
 
 
 def _mpl():
+    """pyplot with the file-only Agg backend (deferred: matplotlib is heavy, and the backend
+    must be chosen before pyplot loads; only a report needs it)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -46,7 +33,8 @@ def _mpl():
     return plt
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a variable name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "var"
 
 
@@ -61,7 +49,7 @@ def draw_dag(
         m: number of latents.
         path: the PNG to write.
     """
-    import networkx as nx
+    import networkx as nx  # deferred: heavy, and only this picture needs it
 
     plt = _mpl()
     g = nx.DiGraph()
@@ -169,108 +157,3 @@ def saliency_png(model, images, u, z_name: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def write_report(
-    run_dir: Path,
-    *,
-    run_id: int,
-    model,
-    images,
-    u: np.ndarray,
-    metrics: dict[str, Any],
-) -> Path:
-    """Write the report of one run into ``run_dir`` and return the path of ``index.html``.
-
-    Args:
-        run_dir: the run's folder (ONNX files may already be there).
-        run_id: the run's id in ``cmcl_runs``.
-        model: the fitted CMCL estimator.
-        images: the run's images ``[n, C, H, W]`` (memmap fine; a few rows are read).
-        u: the run's raw ``u`` ``[n, d]``.
-        metrics: JSON-able metrics (counts, training summary, ONNX parity).
-    """
-    run_dir = Path(run_dir)
-    (run_dir / "interventions").mkdir(parents=True, exist_ok=True)
-    (run_dir / "saliency").mkdir(parents=True, exist_ok=True)
-    u_names = list(model.u_names_)
-    edges = list(model.edges_)
-    draw_dag(edges, u_names, model.latent_dim_, run_dir / "dag.png")
-    causal = [(s, t, w) for s, t, w in edges if s in u_names and t not in u_names]
-    grids, latents = [], []
-    for s, t, w in causal:
-        rel = f"interventions/{_safe(s)}__{_safe(t)}.png"
-        intervention_grid(model, images, u, s, t, run_dir / rel)
-        grids.append((s, t, w, rel))
-    for z_name in sorted(
-        {t if t not in u_names else s for s, t, _ in edges}, key=lambda n: int(n[1:])
-    ):
-        rel = f"saliency/{_safe(z_name)}.png"
-        saliency_png(model, images, u, z_name, run_dir / rel)
-        latents.append((z_name, rel))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    index = run_dir / "index.html"
-    index.write_text(_html(run_id, edges, u_names, grids, latents, metrics))
-    logger.info(
-        "report of run %d: %d intervention grids, %d saliency maps",
-        run_id,
-        len(grids),
-        len(latents),
-    )
-    return index
-
-
-def _html(run_id, edges, u_names, grids, latents, metrics) -> str:
-    e = html.escape
-    rows = (
-        "\n".join(
-            f"<tr><td>{e(s)}</td><td>{e(t)}</td><td>{w:+.3f}</td><td>"
-            f"{'causal (u&rarr;z)' if s in u_names and t not in u_names else ('anti-causal (z&rarr;u)' if t in u_names and s not in u_names else 'other')}"  # noqa: E501
-            f"</td></tr>"
-            for s, t, w in edges
-        )
-        or "<tr><td colspan=4>no edge above the threshold</td></tr>"
-    )
-    grid_html = (
-        "\n".join(
-            f"<h3>{e(s)} &rarr; {e(t)} (weight {w:+.3f})</h3>"
-            f"<img src='{e(rel)}' alt='intervention grid'>"
-            for s, t, w, rel in grids
-        )
-        or "<p>No causal edge from a clinical variable to a latent, so no intervention grid.</p>"
-    )
-    sal_html = (
-        "\n".join(
-            f"<figure><img src='{e(rel)}' alt='saliency {e(z)}'>"
-            f"<figcaption>{e(z)}</figcaption></figure>"
-            for z, rel in latents
-        )
-        or "<p>No latent takes part in an edge.</p>"
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>CMCL run {run_id}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-img{{max-width:100%}}figure{{display:inline-block;margin:4px}}pre{{background:#f6f6f6;padding:8px}}
-</style></head><body>
-<h1>CMCL run {run_id}</h1>
-<p>Files: <a href="metrics.json">metrics.json</a>, <a href="encoder.onnx">encoder.onnx</a>,
-<a href="decoder.onnx">decoder.onnx</a>. No patient or image identifier appears in this report.</p>
-<h2>Learned graph</h2>
-<img src="dag.png" alt="learned graph">
-<table><tr><th>cause</th><th>effect</th><th>weight</th><th>direction</th></tr>
-{rows}</table>
-<h2>Interventions</h2>
-<p>For every causal edge u &rarr; z: sample images (rows), observed in the first column, then
-regenerated under do(u = value) through the learned causal functions and the decoder
-(paper, Appendix B; Figures 4 and 6).</p>
-{grid_html}
-<h2>Where each latent lives</h2>
-<p>Gradient saliency: the mean absolute gradient of the latent's posterior mean with respect to
-the input pixels, over up to {N_SALIENCY} images. (The paper used Grad-CAM++; plain gradient
-saliency needs no choice of layer.)</p>
-{sal_html}
-<h2>Metrics</h2>
-<pre>{e(json.dumps(metrics, indent=2, default=str))}</pre>
-</body></html>
-"""
