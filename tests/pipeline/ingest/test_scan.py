@@ -10,15 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
 from db.engine import open_results
-from db.read import quarantine_counts, read_catalog, read_quarantine
-from flows.cli import app
+from db.read import read_catalog, read_quarantine
 from pipeline import pseudonyms
-from pipeline.config import config_from_dict
+from pipeline.config import cache_dir_for, config_from_dict
 from pipeline.imaging.cache import PreprocessCache
-from pipeline.ingest.scan import cache_dir_for, ingest
+from pipeline.ingest.scan import ingest
 from pipeline.redact import PhiLogFilter
 from pipeline.synthetic.writer import (
     Phi,
@@ -234,46 +232,6 @@ def test_phi_canary(tmp_path, results_url, caplog, capfd):
     with pytest.raises(Exception) as err:
         ingest(_cfg(src, bad_url, tmp_path), key=KEY)
     assert not any(leak.lower() in str(err.value).lower() for leak in LEAKS)
-
-
-def _write_config(tmp_path: Path, source: Path, url: str) -> Path:
-    p = tmp_path / "cmcl.yaml"
-    p.write_text(
-        f"dicom:\n  source: {source}\n  workers: 1\n  image_size: 16\n"
-        f"  cache_dir: {tmp_path / 'cache'}\n"
-        "clinical:\n  url: sqlite:///clinic.db\n  query: SELECT 1\n  id_column: mrn\n"
-        f"results:\n  url: {url}\n"
-    )
-    return p
-
-
-def test_cli_ingest_summary_and_exit_codes(tmp_path, sqlite_url, monkeypatch):
-    src = tmp_path / "src"
-    write_dicom(src / "ok.dcm")
-    write_not_dicom(src / "junk.dcm")
-    runner = CliRunner()
-    cfg = _write_config(tmp_path, src, sqlite_url)
-
-    monkeypatch.delenv(pseudonyms.KEY_ENV, raising=False)
-    res = runner.invoke(app, ["ingest", "--config", str(cfg)])
-    assert res.exit_code == 2 and pseudonyms.KEY_ENV in res.output and "token_hex" in res.output
-
-    monkeypatch.setenv(pseudonyms.KEY_ENV, KEY.hex())
-    res = runner.invoke(app, ["ingest", "--config", str(cfg)])
-    assert res.exit_code == 0, res.output
-    assert "catalogued" in res.output and "quarantined: not_dicom" in res.output
-    eng = open_results(sqlite_url)
-    assert quarantine_counts(eng) == {"not_dicom": 1} and len(read_catalog(eng)) == 1
-    eng.dispose()
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(cfg.read_text() + "unknown_key: 1\n")
-    res = runner.invoke(app, ["ingest", "--config", str(bad)])
-    assert res.exit_code == 2 and "unknown_key" in res.output
-
-    down = _write_config(tmp_path, src, "postgresql://nobody@127.0.0.1:1/none")
-    res = runner.invoke(app, ["ingest", "--config", str(down)])
-    assert res.exit_code == 2 and "error:" in res.output
 
 
 def test_an_mr_series_that_is_not_one_volume_is_quarantined_whole(tmp_path, sqlite_url):
