@@ -1,10 +1,11 @@
 """The PHI log filter: redacts identifying text from log records before they are written.
 
-Ingest registers the identifying values it reads (:func:`register_phi`, called by
-:mod:`pipeline.dicom.validate` for PatientID, names, birth date, accession number,
-institution); :class:`PhiLogFilter`, attached to a handler, redacts those values, DICOM UIDs
-and e-mail addresses from every record it passes (message, traceback and stack). The CLI
-attaches it to its handlers and the ingest workers to theirs. See docs/privacy.md.
+Ingest registers the identifying values it reads (:func:`register_phi`, through
+:func:`pipeline.dicom.deid.register_dataset_phi`: PatientID, names, birth date, accession
+number, institution); :class:`PhiLogFilter`, attached to a handler, redacts those values, DICOM
+UIDs, e-mail addresses and URL passwords from every record it passes (message, traceback and
+stack). What is not identifying stays readable: an IPv4 address, a host name, a port. The CLI
+attaches the filter to its handlers and the ingest workers to theirs. See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from db.urls import mask_passwords
 
 
 @dataclass
@@ -44,9 +47,11 @@ class _Registry:
 
 _REGISTRY = _Registry()
 _MIN_PHI_LEN = 3  # shorter tokens ("M", "12") would redact ordinary text
-# DICOM UIDs (1.2.840.x.y...), ISO/US dates of birth written as 8 digits, e-mail addresses
-_UID_RE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
-_EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+# Dotted numbers of four or more parts: DICOM UIDs (a root such as 1.2.840.10008 and usually
+# many more parts; they can identify a study), unless the token is an IPv4 address.
+_DOTTED = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+# E-mail addresses; not a URL's user@host (after "//"), not user@host:port or user@host/path.
+_EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b(?!\.?[\w-]|:\d|/)")
 _NAME_PARTS = re.compile(r"[\^=\s,]+")
 REDACTED = "[REDACTED]"
 
@@ -74,13 +79,27 @@ def clear_phi_registry() -> None:
     _REGISTRY.pattern = None
 
 
+def is_ipv4(token: str) -> bool:
+    """Whether a dotted number is an IPv4 address (four parts, each at most 255).
+
+    A server's address (``127.0.0.1:5432``, ``http://10.0.0.5:8042``) is not PHI and operators
+    need it; a DICOM UID has a registered root (``1.2.840.10008``, ``1.2.826.0.1.3680043``) and
+    nearly always more than four parts or a part above 255.
+    """
+    parts = token.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 for p in parts)
+
+
 def redact(text: str) -> str:
-    """``text`` with registered PHI, DICOM-UID-like tokens and e-mail addresses redacted."""
+    """``text`` with registered PHI, DICOM UIDs, e-mail addresses and URL passwords redacted.
+
+    Server addresses stay readable: IPv4 addresses, host names in URLs and ports are kept.
+    """
     pattern = _REGISTRY.regex()
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
-    text = _UID_RE.sub(REDACTED, text)
-    return _EMAIL_RE.sub(REDACTED, text)
+    text = _DOTTED.sub(lambda m: m[0] if is_ipv4(m[0]) else REDACTED, text)
+    return mask_passwords(_EMAIL.sub(REDACTED, text))
 
 
 class PhiLogFilter(logging.Filter):

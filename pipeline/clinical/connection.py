@@ -22,6 +22,7 @@ from db.errors import DatabaseUnavailable, is_transient
 from db.urls import safe_url
 from pipeline.config import expand_env
 from pipeline.errors import ConfigError
+from pipeline.redact import redact
 
 
 def readonly_url(url: str) -> URL:
@@ -118,21 +119,32 @@ def readonly_connection(url: str) -> Iterator[Connection]:
 
 
 _QUOTED = re.compile(r"'[^']*'")
-_DIGITS = re.compile(r"\d{4,}")
+_LONG_NUMBER = re.compile(r"(?<![\w.])\d{4,}(?![\w.])")
+_PORT_BEFORE = re.compile(r"(?:\bport |:)$")
+
+
+def _mask_number(m: re.Match[str]) -> str:
+    """A digit run that may be a value (an MRN) is masked; a port (``port 5432``, ``:5432``)
+    is kept so the message still says where the server is."""
+    port = _PORT_BEFORE.search(m.string, 0, m.start()) is not None and int(m[0]) <= 65535
+    return m[0] if port else "<n>"
 
 
 def safe_message(err: sa.exc.DBAPIError) -> str:
-    """The driver's first error line, with SQL literals and long numbers redacted.
+    """The driver's first error line, with SQL literals, values and identifiers redacted.
 
     Drivers quote fragments of the statement and, for type errors, the offending value; the
-    query text is not logged (it may name patients), so literals and digit runs are masked.
+    query text is not logged (it may name patients), so literals and long digit runs are
+    masked, and PHI, UIDs and e-mail addresses are redacted (:func:`pipeline.redact.redact`).
+    Host names, IPv4 addresses and ports stay: they say which server failed.
     """
     orig = err.orig if err.orig is not None else err
     lines = str(orig).strip().splitlines()
     first = lines[0] if lines else type(orig).__name__
     if first.lower().startswith("invalid input"):
         first = first.split(":", 1)[0] + ": <value redacted>"
-    first = _DIGITS.sub("<n>", _QUOTED.sub("'<redacted>'", first))
+    first = redact(_QUOTED.sub("'<redacted>'", first))
+    first = _LONG_NUMBER.sub(_mask_number, first)
     return f"{type(orig).__name__}: {first[:300]}"
 
 

@@ -12,7 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from db.errors import DatabaseUnavailable
-from pipeline.clinical.connection import check_clinical_source, readonly_connection
+from pipeline.clinical.connection import (
+    check_clinical_source,
+    readonly_connection,
+    safe_message,
+)
 from pipeline.clinical.source import load_clinical
 from pipeline.config import ClinicalConfig
 from pipeline.errors import ConfigError, DataError
@@ -302,3 +306,23 @@ def test_postgres_native_types(pg_url):
     dates = cfg.model_copy(update={"query": "SELECT mrn, seen FROM t"})
     with pytest.raises(DataError, match="'seen' holds non-numeric values"):
         load_clinical(dates, key=KEY)
+
+
+def test_driver_messages_keep_server_and_port_but_not_values():
+    class DriverError(Exception):
+        pass
+
+    def message(text: str) -> str:
+        return safe_message(sa.exc.OperationalError("SELECT 1", {}, DriverError(text)))
+
+    refused = message(
+        'connection failed: connection to server at "10.0.0.5", port 5432 failed: '
+        "Connection refused"
+    )
+    assert '"10.0.0.5", port 5432 failed' in refused
+    assert "db.hospital.org:5432" in message("could not reach db.hospital.org:5432")
+    masked = message(
+        "no such column: MRN-CANARY-001 near '12345678' or 98765432, uid 1.2.840.10008.9"
+    )
+    for leak in ("12345678", "98765432", "10008"):
+        assert leak not in masked
