@@ -17,7 +17,9 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,9 +122,6 @@ def _enable_wal(cur: Any) -> None:
     timeout to it, so two processes opening a fresh file at once could fail with "database
     is locked". The mode is persistent: later connections find WAL already set and skip this.
     """
-    import sqlite3
-    import time
-
     cur.execute("PRAGMA journal_mode")
     if str(cur.fetchone()[0]).lower() == "wal":
         return

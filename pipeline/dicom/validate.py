@@ -22,6 +22,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -285,8 +286,6 @@ def _decoder_available(tsyntax: UID) -> bool:
     if not tsyntax.is_transfer_syntax:
         return False
     try:
-        from pydicom.pixels import get_decoder
-
         return bool(get_decoder(tsyntax).is_available)
     except (NotImplementedError, ValueError):
         return False
