@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
@@ -48,11 +48,25 @@ _MAX_ERROR = 4000
 # --- catalog and quarantine -----------------------------------------------------------------
 
 
-def _stamped(rows: Iterable[Any], chunk_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Batches of records as dicts seen now (an upsert keeps the first ``first_seen_at``)."""
-    for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
-        now = utcnow()
-        yield [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+def _write_stamped(
+    engine: sa.Engine,
+    what: str,
+    rows: Iterable[Any],
+    chunk_size: int,
+    write: Callable[[sa.Connection, list[dict[str, Any]]], None],
+) -> int:
+    """``write`` each batch of records, as dicts seen now, in one transaction; returns rows.
+
+    Every row gets ``first_seen_at = last_seen_at = now``; the upserts keep the first one.
+    """
+    n = 0
+    with write_tx(engine, what) as conn:
+        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
+            now = utcnow()
+            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+            write(conn, data)
+            n += len(data)
+    return n
 
 
 def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int = CHUNK) -> int:
@@ -73,22 +87,21 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
         The number of rows written (inserted or updated).
     """
     images, quarantine = Image.__table__, Quarantine.__table__
-    n = 0
-    with write_tx(engine, "update the image catalog") as conn:
-        for data in _stamped(rows, chunk_size):
-            file_keys = [d["file_key"] for d in data]
-            conn.execute(sa.delete(quarantine).where(quarantine.c.file_key.in_(file_keys)))
-            # rare: the same file path now holds another instance; drop the stale row
-            conn.execute(
-                sa.delete(images).where(
-                    images.c.file_key == sa.bindparam("fk"),
-                    images.c.image_key != sa.bindparam("ik"),
-                ),
-                [{"fk": d["file_key"], "ik": d["image_key"]} for d in data],
-            )
-            upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
-            n += len(data)
-    return n
+
+    def write(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+        file_keys = [d["file_key"] for d in data]
+        conn.execute(sa.delete(quarantine).where(quarantine.c.file_key.in_(file_keys)))
+        # rare: the same file path now holds another instance; drop the stale row
+        conn.execute(
+            sa.delete(images).where(
+                images.c.file_key == sa.bindparam("fk"),
+                images.c.image_key != sa.bindparam("ik"),
+            ),
+            [{"fk": d["file_key"], "ik": d["image_key"]} for d in data],
+        )
+        upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
+
+    return _write_stamped(engine, "update the image catalog", rows, chunk_size, write)
 
 
 def upsert_quarantine(
@@ -102,15 +115,12 @@ def upsert_quarantine(
         The number of rows written (inserted or updated).
     """
     images, quarantine = Image.__table__, Quarantine.__table__
-    n = 0
-    with write_tx(engine, "update the quarantine") as conn:
-        for data in _stamped(rows, chunk_size):
-            conn.execute(
-                sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data]))
-            )
-            upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
-            n += len(data)
-    return n
+
+    def write(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+        conn.execute(sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data])))
+        upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
+
+    return _write_stamped(engine, "update the quarantine", rows, chunk_size, write)
 
 
 def remove_quarantine(engine: sa.Engine, file_keys: Iterable[str]) -> int:
