@@ -107,7 +107,7 @@ def join_cohort(images: Sequence[CatalogImageLike], clinical: ClinicalTable) -> 
 
     Args:
         images: catalogued images (anything with ``image_key``, ``patient_key``, ``cache_key``).
-        clinical: the records from ``pipeline.clinical.load_clinical``.
+        clinical: the records from :func:`pipeline.clinical.source.load_clinical`.
 
     Returns:
         The joined cohort with ``u [n, d]`` and the counts of everything left out.
