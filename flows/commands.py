@@ -46,12 +46,13 @@ def _console() -> Console:
     return Console(soft_wrap=True)
 
 
-def _table(title: str, *columns: str) -> Table:
-    """A table whose title stays on one line (rich wraps a title at the table's width)."""
+def _table(title: str, *columns: str, counts: tuple[str, ...] = ()) -> Table:
+    """A table whose title stays on one line (rich wraps a title at the table's width); the
+    ``counts`` columns are right-aligned."""
     text = Text(title, style="table.title", no_wrap=True, overflow="ignore")
     table = Table(title=text, title_justify="left")
     for col in columns:
-        table.add_column(col, justify="right" if col.startswith(("files", "in the")) else "left")
+        table.add_column(col, justify="right" if col in counts else "left")
     return table
 
 
@@ -75,9 +76,10 @@ def ingest_command(config: Path, console: Console | None = None) -> IngestResult
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
         in_catalog, in_quarantine = catalog_count(engine), quarantine_counts(engine)
+    counts = ("files (this scan)", "in the database")
     table = _table(
-        f"cmcl ingest: {result.found} files in {result.seconds:.1f} s",
-        "status", "files (this scan)", "in the database",
+        f"cmcl ingest: {result.found} files in {result.seconds:.1f} s", "status", *counts,
+        counts=counts,
     )  # fmt: skip
     table.add_row("catalogued (new or changed)", str(result.catalogued), str(in_catalog))
     table.add_row("unchanged (already up to date)", str(result.unchanged), "-")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -107,22 +106,3 @@ def test_nothing_is_forgotten_when_a_folder_could_not_be_listed(tmp_path, sqlite
     result = ingest(cfg, key=KEY)
     assert (result.found, result.forgotten) == (3, 0)
     assert _files(sqlite_url) == before
-
-
-def test_discovery_counts_folders_it_cannot_list(tmp_path, monkeypatch):
-    (tmp_path / "ok").mkdir()
-    (tmp_path / "ok" / "x.dcm").write_bytes(b"x")
-    (tmp_path / "locked").mkdir()
-    (tmp_path / ".hidden").mkdir()
-    (tmp_path / ".hidden" / "y.dcm").write_bytes(b"y")
-    real = os.scandir
-
-    def scandir(path):
-        if Path(path).name == "locked":
-            raise PermissionError("denied")
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-    found = discover(tmp_path)
-    assert [rel for _, rel in found.files] == ["ok/x.dcm"]
-    assert found.unlisted == 1 and not found.complete
