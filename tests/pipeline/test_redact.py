@@ -9,6 +9,14 @@ import pytest
 from pipeline import redact
 
 
+@pytest.fixture(autouse=True)
+def _empty_registry():
+    """The registry is per process: start and end every test without registered values."""
+    redact.clear_phi_registry()
+    yield
+    redact.clear_phi_registry()
+
+
 def test_filter_redacts_registered_values_uids_and_tracebacks(caplog):
     redact.clear_phi_registry()
     redact.register_phi(["ZEBRA^QUENTIN", "MRN-777-XYZ", "Hospital of Canaries"])

@@ -21,6 +21,7 @@ from pipeline.clinical.source import load_clinical
 from pipeline.config import ClinicalConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.pseudonyms import patient_key
+from pipeline.redact import clear_phi_registry
 
 KEY = b"test-pseudonym-key-0123456789"
 COLUMNS = ("mrn", "covid", "age", "grade", "smoker", "note")
@@ -309,6 +310,8 @@ def test_postgres_native_types(pg_url):
 
 
 def test_driver_messages_keep_server_and_port_but_not_values():
+    clear_phi_registry()  # earlier tests registered "Test Hospital" from their DICOM files
+
     class DriverError(Exception):
         pass
 
