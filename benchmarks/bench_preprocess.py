@@ -20,22 +20,14 @@ import numpy as np
 import pydicom
 import torch
 import torch.nn.functional as F
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import generate_uid
 
-from pipeline.preprocess import PreprocessSpec, preprocess_dataset, preprocess_file
+from pipeline.imaging.preprocess import PreprocessSpec, preprocess_dataset, preprocess_file
+from pipeline.synthetic.writer import make_dataset, to_bytes
 
 
 def _file_bytes(rng: np.random.Generator, size: int) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.set_pixel_data(rng.integers(0, 4096, (size, size), dtype=np.uint16), "MONOCHROME2", 12)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    pixels = rng.integers(0, 4096, (size, size), dtype=np.uint16)  # [size, size] 12-bit
+    return to_bytes(make_dataset(modality="CR", pixels=pixels))
 
 
 def _cpu_ms(fns: dict, items: list, repeats: int = 3) -> dict[str, float]:

@@ -8,7 +8,7 @@ Generates a cohort of 256x256 12-bit DX files (a few per patient), then measures
 files:
 
 * bare loop: ``pydicom.dcmread`` + ``pixel_array`` + area resize to ``image_size``, one process;
-* ``pipeline.ingest.ingest`` into a fresh SQLite results database (validation, hashing,
+* ``pipeline.ingest.scan.ingest`` into a fresh SQLite results database (validation, hashing,
   pseudonyms, preprocessing into the cache, catalog writes), with ``--workers`` processes;
 * the cached re-run (every file unchanged);
 * peak RSS of the ingesting process and of its largest worker, at ``--small`` and ``--files``
@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_cohort(folder: Path, n: int, size: int) -> None:
     """``n`` DX files, 4 per patient, in patient folders."""
-    from tests.pipeline.dicom_factory import Phi, write_dicom
+    # deferred: the --child process times the pipeline's own imports (pydicom among them)
+    from pipeline.synthetic.writer import Phi, write_dicom
 
     for i in range(n):
         pid = f"BENCH{i // 4:06d}"
@@ -81,10 +81,11 @@ def bare_loop(folder: Path, image_size: int) -> tuple[float, float]:
 def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int) -> None:
     """Run ingest ``runs`` times in this process; print JSON timings and peak RSS."""
     t0 = time.perf_counter()
-    import pipeline.cache  # noqa: F401 - one-time imports (torch, MONAI) are not per-file work
-    import pipeline.mri  # noqa: F401
-    from pipeline.config import config_from_dict
-    from pipeline.ingest import ingest, open_results_db
+    import pipeline.imaging.cache  # noqa: F401 - one-time imports (torch, MONAI) are not per-file work
+    import pipeline.imaging.mri  # noqa: F401
+    from db.engine import open_results
+    from pipeline.config import config_from_dict, expand_env
+    from pipeline.ingest.scan import ingest
 
     import_s = time.perf_counter() - t0
 
@@ -100,7 +101,7 @@ def child(source: Path, workdir: Path, workers: int, image_size: int, runs: int)
             "results": {"url": f"sqlite:///{workdir / 'results.db'}"},
         }
     )
-    engine = open_results_db(cfg.results.url)
+    engine = open_results(expand_env(cfg.results.url))
     out = []
     for _ in range(runs):
         t0, c0 = time.perf_counter(), cpu_seconds()

@@ -1,7 +1,7 @@
 """ONNX Runtime vs eager PyTorch: encoder throughput on CPU, as a ratio measured in one run.
 
 Fits a CMCL model briefly on simulated images (the weights do not matter for speed), exports
-its encoder with ``pipeline.onnx_export.export_onnx``, and times both at the same batch size
+its encoder with ``pipeline.model.onnx_export.export_onnx``, and times both at the same batch size
 and thread count, alternating the two so that a busy machine slows both alike.
 
     .venv/bin/python benchmarks/onnx_speed.py --image-size 64 --batch 64 --threads 2
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="append the result as JSON lines")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from pipeline.onnx_export import export_onnx, load_session
+    from pipeline.model.onnx_export import export_onnx, load_session
 
     model, images, u = _fit(args.image_size, 4, 6, 0)
     enc = model.encoder_module().to("cpu").eval()

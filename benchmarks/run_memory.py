@@ -1,9 +1,10 @@
 """Peak memory of ``cmcl run`` on a generated cohort (the demo's size, 20k images, ...).
 
-Generates a synthetic cohort with ``pipeline.synthetic.make_synthetic_cohort`` (64x64 images by
-default), runs ``cmcl run --config`` in a child process and samples, every 0.5 s from ``/proc``,
-the resident set size of that process (its own peak: ``VmHWM``) and of its whole process tree
-(the pipeline plus Prefect's temporary API server and ingest workers). Linux only.
+Generates a synthetic cohort with ``pipeline.synthetic.cohort.make_synthetic_cohort``
+(64x64 images by default), runs ``cmcl run --config`` in a child process and samples, every
+0.5 s from ``/proc``, the resident set size of that process (its own peak: ``VmHWM``) and of
+its whole process tree (the pipeline plus Prefect's temporary API server and ingest workers).
+Linux only.
 
     .venv/bin/python benchmarks/run_memory.py --patients 500 --image-size 32 --epochs 12
     .venv/bin/python benchmarks/run_memory.py --patients 20000 --epochs 1
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cmcl-run-memory"))
     ap.add_argument("--out", type=Path, default=None, help="append the result as JSON lines")
     args = ap.parse_args()
-    from pipeline.synthetic import make_synthetic_cohort
+    from pipeline.synthetic.cohort import make_synthetic_cohort
 
     t0 = time.perf_counter()
     info = make_synthetic_cohort(

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -121,8 +122,6 @@ def copy_latents_pg(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
     for 100k rows); COPY is the documented bulk path. ``repr`` of a finite float is the
     shortest string that parses back to the same double, so z round-trips exactly.
     """
-    import psycopg
-
     lines = [
         f"{d['run_id']}\t{d['image_key'].translate(_COPY_ESCAPES)}\t"
         f"{d['patient_key'].translate(_COPY_ESCAPES)}\t{{{','.join(map(repr, d['z']))}}}\t"

@@ -17,7 +17,9 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +32,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
-from db.errors import ResultsDatabaseError, ResultsIntegrityError
+from db.errors import ResultsDatabaseError, ResultsIntegrityError, is_transient
+from db.urls import safe_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,6 @@ _PG_MIGRATION_LOCK = 0x434D434C  # "CMCL": pg_advisory_xact_lock key serialising
 _SQLITE_BEGIN = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
 #: execution option read by the SQLite BEGIN hook; write helpers use IMMEDIATE
 SQLITE_BEGIN_OPTION = "cmcl_sqlite_begin"
-
-
-def safe_url(url: str | sa.URL) -> str:
-    """The URL as text with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return "<unparseable URL>"
 
 
 def _json_ready(obj: Any) -> Any:
@@ -127,9 +122,6 @@ def _enable_wal(cur: Any) -> None:
     timeout to it, so two processes opening a fresh file at once could fail with "database
     is locked". The mode is persistent: later connections find WAL already set and skip this.
     """
-    import sqlite3
-    import time
-
     cur.execute("PRAGMA journal_mode")
     if str(cur.fetchone()[0]).lower() == "wal":
         return
@@ -168,12 +160,6 @@ def _first_line(err: BaseException) -> str:
     orig = getattr(err, "orig", None) or err
     text = str(orig).strip().splitlines()
     return text[0] if text else type(orig).__name__
-
-
-def _scrub(text: str, u: sa.URL) -> str:
-    if u.password:
-        text = text.replace(str(u.password), "***")
-    return text
 
 
 def create_results_engine(url: str, *, echo: bool = False) -> sa.Engine:
@@ -217,14 +203,16 @@ def translate_errors(engine: sa.Engine, what: str) -> Iterator[None]:
         yield
     except (exc.IntegrityError, exc.DataError) as err:
         raise ResultsIntegrityError(
-            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {scrub(_first_line(err), engine.url)}",
             "a bug in the caller (duplicate key, missing run, value too long); nothing was written",
         ) from None
     except (exc.OperationalError, exc.InterfaceError, exc.ProgrammingError) as err:
+        first = scrub(_first_line(err), engine.url)
         raise ResultsDatabaseError(
-            f"results database {shown}: could not {what}: {_scrub(_first_line(err), engine.url)}",
+            f"results database {shown}: could not {what}: {first}",
             "check that the database server is running and reachable, that the credentials "
             "in the environment are right and that the database is writable; then retry",
+            transient=is_transient(first),
         ) from None
 
 
@@ -297,6 +285,16 @@ def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.En
         engine.dispose()
         raise
     return engine
+
+
+@contextmanager
+def results_engine(url: str) -> Iterator[sa.Engine]:
+    """:func:`open_results` as a context manager: the engine is disposed on exit."""
+    engine = open_results(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def upgrade(url: str) -> str:

@@ -149,3 +149,9 @@ def quarantine_counts(engine: sa.Engine) -> dict[str, int]:
     t = Quarantine.__table__
     q = sa.select(t.c.reason, sa.func.count().label("n")).group_by(t.c.reason).order_by(t.c.reason)
     return {r["reason"]: int(r["n"]) for r in _rows(engine, "read the quarantine", q)}
+
+
+def catalog_count(engine: sa.Engine) -> int:
+    """Number of images (instances) in the catalog."""
+    q = sa.select(sa.func.count().label("n")).select_from(Image.__table__)
+    return int(_rows(engine, "read the catalog", q)[0]["n"])

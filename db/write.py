@@ -9,9 +9,8 @@ any bound value in the message.
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
@@ -39,6 +38,7 @@ from db.records import (
     RunStatus,
     VariableRow,
 )
+from db.urls import mask_passwords
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,27 @@ _FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CRASHED)
 _MAX_ERROR = 4000
 
 # --- catalog and quarantine -----------------------------------------------------------------
+
+
+def _write_stamped(
+    engine: sa.Engine,
+    what: str,
+    rows: Iterable[Any],
+    chunk_size: int,
+    write: Callable[[sa.Connection, list[dict[str, Any]]], None],
+) -> int:
+    """``write`` each batch of records, as dicts seen now, in one transaction; returns rows.
+
+    Every row gets ``first_seen_at = last_seen_at = now``; the upserts keep the first one.
+    """
+    n = 0
+    with write_tx(engine, what) as conn:
+        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
+            now = utcnow()
+            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
+            write(conn, data)
+            n += len(data)
+    return n
 
 
 def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int = CHUNK) -> int:
@@ -66,24 +87,21 @@ def upsert_images(engine: sa.Engine, rows: Iterable[ImageRow], chunk_size: int =
         The number of rows written (inserted or updated).
     """
     images, quarantine = Image.__table__, Quarantine.__table__
-    n = 0
-    with write_tx(engine, "update the image catalog") as conn:
-        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
-            now = utcnow()
-            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
-            file_keys = [d["file_key"] for d in data]
-            conn.execute(sa.delete(quarantine).where(quarantine.c.file_key.in_(file_keys)))
-            # rare: the same file path now holds another instance; drop the stale row
-            conn.execute(
-                sa.delete(images).where(
-                    images.c.file_key == sa.bindparam("fk"),
-                    images.c.image_key != sa.bindparam("ik"),
-                ),
-                [{"fk": d["file_key"], "ik": d["image_key"]} for d in data],
-            )
-            upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
-            n += len(data)
-    return n
+
+    def write(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+        file_keys = [d["file_key"] for d in data]
+        conn.execute(sa.delete(quarantine).where(quarantine.c.file_key.in_(file_keys)))
+        # rare: the same file path now holds another instance; drop the stale row
+        conn.execute(
+            sa.delete(images).where(
+                images.c.file_key == sa.bindparam("fk"),
+                images.c.image_key != sa.bindparam("ik"),
+            ),
+            [{"fk": d["file_key"], "ik": d["image_key"]} for d in data],
+        )
+        upsert(conn, images, ["image_key"], data, keep={"first_seen_at"})
+
+    return _write_stamped(engine, "update the image catalog", rows, chunk_size, write)
 
 
 def upsert_quarantine(
@@ -97,17 +115,12 @@ def upsert_quarantine(
         The number of rows written (inserted or updated).
     """
     images, quarantine = Image.__table__, Quarantine.__table__
-    n = 0
-    with write_tx(engine, "update the quarantine") as conn:
-        for batch in chunks(rows, min(chunk_size, MAX_IN_LIST)):
-            now = utcnow()
-            data = [asdict(r) | {"first_seen_at": now, "last_seen_at": now} for r in batch]
-            conn.execute(
-                sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data]))
-            )
-            upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
-            n += len(data)
-    return n
+
+    def write(conn: sa.Connection, data: list[dict[str, Any]]) -> None:
+        conn.execute(sa.delete(images).where(images.c.file_key.in_([d["file_key"] for d in data])))
+        upsert(conn, quarantine, ["file_key"], data, keep={"id", "first_seen_at"})
+
+    return _write_stamped(engine, "update the quarantine", rows, chunk_size, write)
 
 
 def remove_quarantine(engine: sa.Engine, file_keys: Iterable[str]) -> int:
@@ -133,22 +146,6 @@ def _delete_by_file_key(
 # --- run life cycle -------------------------------------------------------------------------
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
-
-
-def _redact(obj: Any) -> Any:
-    """Mask literal passwords in URL strings anywhere in a config (``${VAR}`` is kept)."""
-    if isinstance(obj, str):
-        return _URL_PASSWORD.sub(
-            lambda mt: mt.group(0) if mt["pw"].startswith("${") else mt["head"] + "***", obj
-        )
-    if isinstance(obj, dict):
-        return {k: _redact(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_redact(v) for v in obj]
-    return obj
-
-
 def start_run(
     engine: sa.Engine,
     *,
@@ -171,7 +168,7 @@ def start_run(
         status=RunStatus.RUNNING.value,
         started_at=now,
         heartbeat_at=now,
-        config=_redact(config),
+        config=mask_passwords(config),
         code_version=code_version,
         data_fingerprint=data_fingerprint,
         device=device,
@@ -193,6 +190,12 @@ def heartbeat(engine: sa.Engine, run_id: int) -> None:
         )
     if res.rowcount == 0:
         log.warning("heartbeat for run %s ignored: it is not running", run_id)
+
+
+def _closing_values(status: RunStatus, **fields: Any) -> dict[str, Any]:
+    """The columns that close a run: its status, finished_at, and each field given (not None)."""
+    values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
+    return values | {k: v for k, v in fields.items() if v is not None}
 
 
 def finish_run(
@@ -221,8 +224,8 @@ def finish_run(
     st = RunStatus(status)
     if st not in _FINISHED:
         raise ValueError(f"finish_run needs one of {[s.value for s in _FINISHED]}, got {status!r}")
-    values: dict[str, Any] = {"status": st.value, "finished_at": utcnow()}
-    optional = dict(
+    values = _closing_values(
+        st,
         metrics=metrics,
         error=None if error is None else error[:_MAX_ERROR],
         n_images=n_images,
@@ -230,7 +233,6 @@ def finish_run(
         device=device,
         data_fingerprint=data_fingerprint,
     )
-    values |= {k: v for k, v in optional.items() if v is not None}
     runs = Run.__table__
     with write_tx(engine, f"finish run {run_id}") as conn:
         res = conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
@@ -313,6 +315,10 @@ def write_run_results(
     variables: Sequence[VariableRow] = (),
     artifacts: Sequence[ArtifactRow] = (),
     metrics: dict[str, Any] | None = None,
+    n_images: int | None = None,
+    n_patients: int | None = None,
+    device: str | None = None,
+    data_fingerprint: str | None = None,
 ) -> None:
     """Write a run's results and mark it succeeded, in ONE transaction.
 
@@ -330,6 +336,7 @@ def write_run_results(
         variables: the graph's nodes; when latent ones are given, m must equal their count.
         artifacts: files with sha256 (e.g. encoder.onnx, decoder.onnx).
         metrics: replaces the run's metrics when given.
+        n_images, n_patients, device, data_fingerprint: set on the run row when given.
 
     Raises:
         ValueError: inconsistent input (z length, non-finite values, unknown run).
@@ -357,9 +364,14 @@ def write_run_results(
                 [asdict(a) | {"run_id": run_id, "created_at": now} for a in artifacts],
             )
         n, m = insert_latents(conn, run_id, latents, m_expected, scored=False)
-        values: dict[str, Any] = {"status": RunStatus.SUCCEEDED.value, "finished_at": utcnow()}
-        if metrics is not None:
-            values["metrics"] = metrics
+        values = _closing_values(
+            RunStatus.SUCCEEDED,
+            metrics=metrics,
+            n_images=n_images,
+            n_patients=n_patients,
+            device=device,
+            data_fingerprint=data_fingerprint,
+        )
         runs = Run.__table__
         conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
     log.info("run %s: wrote %d edges, %d latents (m = %s)", run_id, len(edges), n, m)

@@ -1,29 +1,38 @@
 """The `cmcl` command line.
 
-Every command is thin: it loads the config, calls one pipeline/flow function and prints a
-summary. Errors the user can fix (``CMCLUserError``) are printed as a message naming the
-problem and the fix, without a traceback, and exit with status 2.
+Every command is thin: it parses options and calls one function of :mod:`flows.commands`.
+Errors the user can fix (:class:`db.errors.UserError`) are caught once, by :func:`user_errors`:
+``error: <problem>`` and the fix, no traceback. Exit codes, for every command: 0 success;
+1 an unexpected error (a bug: the traceback is printed); 2 a user error (bad config or option,
+missing pseudonym key, unusable data, a database that cannot be reached); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import CMCLUserError
+from db.errors import UserError
+from flows.console import setup_cli_logging
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# rich_markup_mode=None: plain help. Typer's rich help prints every flag, --help included, as
+# taking a "<bool>" value; the plain formatter shows flags as flags.
 app = typer.Typer(
     name="cmcl",
     help="CMCL: causal structure between clinical variables and image features.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 ConfigOpt = Annotated[
@@ -31,34 +40,33 @@ ConfigOpt = Annotated[
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
-    """Configure the root logger for the CLI process (library code never does this)."""
-    level = logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    try:  # the PHI filter lives with de-identification; keep the CLI usable without it
-        from pipeline.deid import PhiLogFilter
+def _commands() -> ModuleType:
+    """The command implementations, with the CLI's logging put back after importing them.
 
-        handler.addFilter(PhiLogFilter())
-    except ImportError:  # pragma: no cover - only while the module does not exist yet
-        pass
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "alembic", "matplotlib", "PIL", "onnxscript", "onnx_ir"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    Deferred: they import torch, MONAI and Prefect (seconds), which ``cmcl --help`` does not
+    need. Importing Prefect replaces the root log handler (set up by :func:`_main`), so the
+    CLI's handler goes back on afterwards, at the level the user asked for.
+    """
+    verbose = logging.getLogger().level == logging.DEBUG
+    from flows import commands
+
+    setup_cli_logging(verbose)
+    return commands
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CMCLUserError into a clean message and exit code 2."""
+    """Print a UserError as ``error: problem`` + fix and exit 2; an interrupt exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CMCLUserError as err:
+        except UserError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -67,62 +75,77 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    _setup_logging(verbose)
+    setup_cli_logging(verbose)
 
 
 # --- commands ------------------------------------------------------------------------------
-# Each command delegates to one function in pipeline/ or flows/; keep them thin.
 
 
 @app.command()
 @user_errors
 def demo(
     workdir: Annotated[
-        Path, typer.Option(help="Folder for the synthetic cohort, databases and report.")
+        Path,
+        typer.Option(
+            help="Folder for the synthetic cohort, results database (results.db) and reports; "
+            "an earlier demo's results and reports there are replaced."
+        ),
     ] = Path("cmcl-demo"),
 ) -> None:
-    """Synthetic cohort with a known causal graph, run end to end, compare with the truth."""
-    from flows.demo import run_demo
+    """Run the whole pipeline on a synthetic cohort and score it.
 
-    run_demo(workdir)
+    Writes a synthetic cohort with a known causal graph into --workdir, runs `cmcl run` on it
+    and prints the learned edges beside the true ones.
+    """
+    _commands().demo_command(workdir)
 
 
 @app.command()
 @user_errors
 def synthetic(
     out: Annotated[
-        Path, typer.Option(help="Folder for the cohort (new, empty or our own).")
+        Path, typer.Option(help="Folder for the cohort (new, empty or written by this command).")
     ] = Path("cmcl-synthetic"),
     n_patients: Annotated[int, typer.Option(help="Simulated patients.")] = 500,
     setting: Annotated[str, typer.Option(help="Paper graph edges/nodes, e.g. 4/10.")] = "4/10",
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces every byte.")] = 0,
     mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Side of the stored images, in pixels.")] = 64,
 ) -> None:
-    """Write a synthetic DICOM cohort + clinical SQLite database with a known causal graph."""
-    from pipeline.synthetic import make_synthetic_cohort
+    """Write a synthetic DICOM cohort with a known causal graph.
 
-    info = make_synthetic_cohort(
-        out, n_patients=n_patients, setting=setting, seed=seed, mr_patients=mr_patients
+    DICOM files (a few broken), a clinical SQLite database, config.yaml and truth.json.
+    """
+    _commands().synthetic_command(
+        out,
+        n_patients=n_patients,
+        setting=setting,
+        seed=seed,
+        mr_patients=mr_patients,
+        image_size=image_size,
     )
-    typer.echo(info.describe())
 
 
 @app.command()
 @user_errors
 def ingest(config: ConfigOpt) -> None:
-    """Ingest dicom.source: validate, de-identify, catalog or quarantine every file."""
-    from pipeline.ingest import ingest_command
+    """Catalog or quarantine every file under dicom.source.
 
-    ingest_command(config)
+    Validates, de-identifies and preprocesses new or changed files; forgets files that are no
+    longer there; prints counts per status and quarantine reason.
+    """
+    _commands().ingest_command(config)
 
 
 @app.command()
 @user_errors
 def run(config: ConfigOpt) -> None:
-    """The main job: ingest, join, train, export ONNX, report, write back (Prefect flow cmcl)."""
-    from flows.train import run_command
+    """The main job: ingest, join, train, export, report (flow cmcl).
 
-    run_command(config)
+    Runs the Prefect flow cmcl locally: ingest, load clinical records, join, train, export
+    ONNX, write the report and the results; prints the learned edges and the report path.
+    """
+    _commands().run_command(config)
 
 
 @app.command()
@@ -134,9 +157,17 @@ def edges(
     ] = None,
 ) -> None:
     """Print a run's learned edges: source, target, weight, direction."""
-    from pipeline.score import edges_command
+    _commands().edges_command(config, run_id)
 
-    edges_command(config, run_id)
+
+@app.command()
+@user_errors
+def runs(
+    config: ConfigOpt,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+) -> None:
+    """List the runs: id, status, start, counts, error."""
+    _commands().runs_command(config, limit)
 
 
 @app.command()
@@ -147,10 +178,11 @@ def serve(
         str | None, typer.Option(help='Cron schedule, e.g. "0 2 * * *" (default: on demand).')
     ] = None,
 ) -> None:
-    """Register and serve the Prefect deployment cmcl/train (needs PREFECT_API_URL)."""
-    from flows.serve import serve_deployment
+    """Serve the Prefect deployment cmcl/train (needs a server).
 
-    serve_deployment(config, cron)
+    Registers the deployment against the server at PREFECT_API_URL and runs its flow runs.
+    """
+    _commands().serve_command(config, cron)
 
 
 @app.command()
@@ -159,10 +191,12 @@ def score(
     config: ConfigOpt,
     run_id: Annotated[int, typer.Option("--run", help="The trained run whose encoder to use.")],
 ) -> None:
-    """Latents for newly ingested images with the run's ONNX encoder (no retraining)."""
-    from pipeline.score import score_command
+    """Latents for new images with a run's ONNX encoder.
 
-    score_command(config, run_id)
+    Ingests dicom.source and scores the joined images the run has no latent for (no
+    retraining).
+    """
+    _commands().score_command(config, run_id)
 
 
 db_app = typer.Typer(name="db", help="Results database maintenance.", no_args_is_help=True)
@@ -173,17 +207,7 @@ app.add_typer(db_app)
 @user_errors
 def db_upgrade(config: ConfigOpt) -> None:
     """Create or migrate the results database (results.url) to the newest schema."""
-    from db.engine import safe_url, upgrade
-    from db.errors import ResultsDatabaseError
-    from pipeline.config import expand_env, load_config
-    from pipeline.errors import DatabaseUnavailable
-
-    cfg = load_config(config)
-    try:
-        revision = upgrade(expand_env(cfg.results.url))
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
-    typer.echo(f"results database {safe_url(cfg.results.url)} is at revision {revision}")
+    _commands().db_upgrade_command(config)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """``cmcl demo``: a synthetic cohort with a known graph, the whole pipeline, and a score.
 
-1. ``pipeline.synthetic.make_synthetic_cohort`` writes DICOM files (a few broken), a clinical
-   SQLite database and ``truth.json`` into the work folder (graph "4/10": 4 clinical variables,
-   6 latents, 4 true u -> z edges);
+1. :func:`pipeline.synthetic.cohort.make_synthetic_cohort` writes DICOM files (a few broken),
+   a clinical SQLite database and ``truth.json`` into the work folder (graph "4/10": 4 clinical
+   variables, 6 latents, 4 true u -> z edges);
 2. the config it wrote gets demo-sized ``model:`` settings (:data:`DEMO_MODEL`);
 3. the same pipeline as ``cmcl run`` runs in a child process (``cmcl run --config ...``), with a
    fresh random ``CMCL_PSEUDONYM_KEY`` in the child's environment when none is set;
@@ -11,8 +11,13 @@
    edges are renamed through that matching, and SHD/TPR/FDR against the true graph are printed
    (``cmcl_core.metrics.count_accuracy``).
 
-Each demo starts from fresh results (``results.db`` and ``reports/`` of the work folder are
-replaced); the preprocessed-array cache is kept (content-addressed, so never stale).
+Everything goes into the work folder (``./cmcl-demo`` by default). Each demo starts from fresh
+results: ``results.db`` and ``reports/`` of an earlier demo there are replaced; the
+preprocessed-array cache is kept (content-addressed, so never stale). Without
+``CMCL_PSEUDONYM_KEY`` in the environment each demo makes a new key, so image keys differ, the
+training images come in another order and the learned latents ``z0..z5`` may come out in
+another order too (the comparison with the truth matches them by correlation); set the variable
+to repeat a demo exactly. The comparison is printed by :func:`flows.commands.demo_command`.
 """
 
 from __future__ import annotations
@@ -31,9 +36,15 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cmcl_core.metrics import count_accuracy, mcc
+from db.engine import results_engine
+from db.read import latest_run, read_edges, read_latents
+from pipeline.config import expand_env, load_config, run_folder
 from pipeline.errors import DataError
+from pipeline.pseudonyms import KEY_ENV, key_bytes
+from pipeline.synthetic.cohort import make_synthetic_cohort
+from pipeline.synthetic.files import true_latents
 
-KEY_ENV = "CMCL_PSEUDONYM_KEY"
 DEMO_PATIENTS = 1000
 DEMO_SETTING = "4/10"
 DEMO_IMAGE_SIZE = 32
@@ -68,6 +79,8 @@ class DemoResult:
     found_edges: list[tuple[str, str, float]]  # renamed to the true latents' names
     scores: dict[str, float]  # shd, tpr, fdr, nnz (count_accuracy) and mcc
     report: Path
+    results_db: Path
+    fresh_key: bool  # the demo made its own pseudonym key
 
 
 def run_demo(
@@ -84,7 +97,7 @@ def run_demo(
             earlier demo's).
         n_patients: simulated patients.
         model: ``model:`` settings (default :data:`DEMO_MODEL`).
-        echo: print progress and the comparison (the CLI); False for tests.
+        echo: print progress and the pipeline's output (the CLI); False for tests.
 
     Returns:
         The comparison with the truth.
@@ -92,11 +105,10 @@ def run_demo(
     Raises:
         DataError: the pipeline run failed (its own message was printed above).
     """
-    from pipeline.synthetic import make_synthetic_cohort
-
     t0 = time.perf_counter()
     say = print if echo else (lambda *a, **k: None)
     workdir = Path(workdir).expanduser().resolve()
+    say(f"cmcl demo writes into {workdir} (replacing an earlier demo's results.db and reports/)")
     say(f"generating a synthetic cohort ({n_patients} patients, graph {DEMO_SETTING}) ...")
     info = make_synthetic_cohort(
         workdir,
@@ -109,7 +121,13 @@ def run_demo(
         p = workdir / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     config = _demo_config(info.config_path, model or DEMO_MODEL)
+    fresh_key = not os.environ.get(KEY_ENV)
     key_hex = os.environ.get(KEY_ENV) or secrets.token_hex(32)
+    if fresh_key:
+        say(
+            f"{KEY_ENV} is not set: this demo uses a new random key, so its image keys and the "
+            f"order of its latents differ from an earlier demo's (export {KEY_ENV} to repeat one)"
+        )
     env = {**os.environ, KEY_ENV: key_hex, "MPLBACKEND": "Agg"}
     say(f"running the pipeline: cmcl run --config {config}")
     proc = subprocess.run(
@@ -126,19 +144,7 @@ def run_demo(
             f"the demo's pipeline run failed (exit status {proc.returncode}){tail}",
             "see the messages above; `cmcl run --config " + str(config) + "` reruns it",
         )
-    key = _key_bytes(key_hex)
-    result = _compare(workdir, config, key, time.perf_counter() - t0)
-    if echo:
-        _print(result)
-    return result
-
-
-def _key_bytes(key_hex: str) -> bytes:
-    """The key as ``pipeline.deid.pseudonym_key_from_env`` reads it (hex, else UTF-8)."""
-    try:
-        return bytes.fromhex(key_hex.strip())
-    except ValueError:
-        return key_hex.strip().encode("utf-8")
+    return _compare(workdir, config, key_bytes(key_hex), time.perf_counter() - t0, fresh_key)
 
 
 def _demo_config(path: Path, model: dict[str, Any]) -> Path:
@@ -153,25 +159,18 @@ def _demo_config(path: Path, model: dict[str, Any]) -> Path:
     return out
 
 
-def _compare(workdir: Path, config: Path, key: bytes, seconds: float) -> DemoResult:
-    from cmcl_core.metrics import count_accuracy, mcc
-    from db.engine import open_results
-    from db.read import latest_run, read_edges, read_latents
-    from pipeline.config import load_config
-    from pipeline.synthetic import true_latents
-
+def _compare(
+    workdir: Path, config: Path, key: bytes, seconds: float, fresh_key: bool
+) -> DemoResult:
     truth = json.loads((workdir / "truth.json").read_text())
     cfg = load_config(config)
-    engine = open_results(cfg.results.url)
-    try:
+    with results_engine(expand_env(cfg.results.url)) as engine:
         run = latest_run(engine)
         if run is None:
             raise DataError("the demo run left no succeeded run in the results database")
         run_id = int(run["id"])
         edges = read_edges(engine, run_id)
         lat = read_latents(engine, run_id)
-    finally:
-        engine.dispose()
     z_est = np.array([r["z"] for r in lat])  # [n, m]
     z_true = true_latents(workdir, key=key, image_keys=[r["image_key"] for r in lat])  # [n, m]
     ok = ~np.isnan(z_true).any(axis=1)
@@ -190,28 +189,6 @@ def _compare(workdir: Path, config: Path, key: bytes, seconds: float) -> DemoRes
     acc = count_accuracy(B_true, B_est)
     scores = {k: float(acc[k]) for k in ("shd", "tpr", "fdr", "nnz")} | {"mcc": float(score)}
     true_edges = [(e["source"], e["target"]) for e in truth["edges"]]
-    report = Path(cfg.results.report_dir) / f"run-{run_id}" / "index.html"
-    return DemoResult(run_id, seconds, true_edges, found, scores, report)
-
-
-def _print(r: DemoResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    true = set(r.true_edges)
-    table = Table(title=f"demo run {r.run_id}: learned edges (latents matched to the truth)")
-    for col in ("cause", "effect", "weight", "in the true graph"):
-        table.add_column(col)
-    for s, t, w in r.found_edges:
-        verdict = "yes" if (s, t) in true else ("reversed" if (t, s) in true else "no")
-        table.add_row(s, t, f"{w:+.3f}", verdict)
-    for s, t in sorted(true - {(s, t) for s, t, _ in r.found_edges}):
-        table.add_row(s, t, "", "missed")
-    con.print(table)
-    sc = r.scores
-    con.print(
-        f"true edges: {len(true)}   SHD {sc['shd']:.0f}   TPR {sc['tpr']:.2f}   "
-        f"FDR {sc['fdr']:.2f}   latent MCC {sc['mcc']:.2f}   wall time {r.seconds:.0f} s"
-    )
-    con.print(f"report: {r.report}")
+    report = run_folder(cfg, run_id) / "index.html"
+    results_db = workdir / "results.db"
+    return DemoResult(run_id, seconds, true_edges, found, scores, report, results_db, fresh_key)

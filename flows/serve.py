@@ -13,6 +13,12 @@ import logging
 import os
 from pathlib import Path
 
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import EntrypointType
+from prefect.settings import PREFECT_API_URL
+from pydantic import ValidationError
+
+from flows.train import cmcl_flow
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 
@@ -45,10 +51,6 @@ def serve_deployment(config: Path, cron: str | None = None, *, limit: int = 1) -
         )
     if cron is not None:
         _check_cron(cron)
-    from prefect.deployments.runner import EntrypointType
-
-    from flows.train import cmcl_flow
-
     logger.info("serving deployment cmcl/%s with config %s (cron: %s)", DEPLOYMENT, path, cron)
     cmcl_flow.serve(
         name=DEPLOYMENT,
@@ -62,15 +64,10 @@ def serve_deployment(config: Path, cron: str | None = None, *, limit: int = 1) -
 
 
 def _profile_api_url() -> str | None:
-    from prefect.settings import PREFECT_API_URL
-
     return PREFECT_API_URL.value()
 
 
 def _check_cron(cron: str) -> None:
-    from prefect.client.schemas.schedules import CronSchedule
-    from pydantic import ValidationError
-
     try:
         CronSchedule(cron=cron)
     except ValidationError:

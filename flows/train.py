@@ -1,123 +1,123 @@
-"""The Prefect flow ``cmcl`` (deployment ``train``): ingest, clinical, join, train, export,
+"""The Prefect flow ``cmcl`` (deployment ``train``): clinical, ingest, join, train, export,
 report, write back.
 
-Each task wraps one pipeline function. I/O tasks (DICOM files, databases) retry; training does
-not (a failed fit is a real failure, and retrying it doubles the bill). No task result is
-persisted (``persist_result=False``, ``cache_policy=NONE``): results hold patient-derived arrays
-and must never be pickled into ``$PREFECT_HOME/storage``. The flow's only parameter is a config
-path; secrets come from the environment (``CMCL_PSEUDONYM_KEY``, database
-passwords), never through Prefect.
+Each task wraps one pipeline function; the flow only orchestrates. A task retries (twice, 5 s
+apart) only what can succeed on a second try: a transient user error (a refused connection, a
+timeout, a busy SQLite file; :attr:`db.errors.UserError.transient`) or a built-in
+``ConnectionError``/``TimeoutError``. A permanent error (a database that does not exist, wrong
+credentials, a bad config, unusable data) fails at once, and training is never retried (a
+failed fit is a real failure, and retrying it doubles the bill). No task result is persisted
+(``persist_result=False``, ``cache_policy=NONE``): results hold patient-derived arrays and must
+never be pickled into ``$PREFECT_HOME/storage``. The flow's only parameter is a config path;
+secrets come from the environment (``CMCL_PSEUDONYM_KEY``, database passwords), never through
+Prefect.
 
-Run semantics (``cmcl_runs``): the run row is created first (status ``running``, config without
-secrets, code version, device kind), a heartbeat thread keeps it alive, the data fingerprint is
-recorded with the final status, and edges, latents, variables and artifacts are written in ONE
-transaction that also sets ``succeeded`` (:func:`db.write.write_run_results`). Any exception
-marks the run ``failed`` with a PHI-free message; a killed process leaves ``running`` with a
-stopped heartbeat, which the next run's start marks ``crashed`` after ``CMCL_STALE_AFTER_S``
-seconds (:func:`db.write.mark_stale_runs`). A re-run on the same inputs and config creates a new
-run row with the same results (training is seeded and deterministic on CPU);
-``data_fingerprint`` lets SQL find identical runs.
+Run semantics (``cmcl_runs``; :mod:`flows.run_record`): the run row is created first (status
+``running``, config without secrets, code version, device kind) and a heartbeat thread keeps it
+alive. The clinical records are loaded before any file is ingested, so a wrong clinical
+database or query fails the run at once. Edges, latents, variables, artifacts, metrics,
+counts and the data fingerprint are written in ONE transaction that also sets ``succeeded``
+(:func:`pipeline.model.results.write_results`). Any exception marks the run ``failed`` with a
+PHI-free message; a killed process leaves ``running`` with a stopped heartbeat, which the next
+run's start marks ``crashed`` after ``CMCL_STALE_AFTER_S`` seconds
+(:func:`db.write.mark_stale_runs`). A re-run on the same inputs and config creates a new run row
+with the same results (training is seeded and deterministic on CPU); ``data_fingerprint`` lets
+SQL find identical runs.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+import sqlalchemy as sa
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 
-from pipeline.config import Config, load_config
-from pipeline.errors import CMCLUserError, DatabaseUnavailable
+from cmcl_core.estimator import CMCL
+from db.errors import UserError
+from db.records import ArtifactRow
+from flows.run_record import recorded_run
+from pipeline.clinical.join import JoinedCohort, join_cohort
+from pipeline.clinical.source import ClinicalTable, load_clinical
+from pipeline.config import Config, cache_dir_for, load_config
+from pipeline.imaging.cache import PreprocessCache
+from pipeline.imaging.images import load_training_images
+from pipeline.ingest.scan import IngestResult, TrainingImage, ingest
+from pipeline.model.fit import (
+    data_fingerprint,
+    default_device,
+    fit_model,
+    posterior_means,
+    save_model,
+)
+from pipeline.model.onnx_export import ExportResult, export_onnx
+from pipeline.model.results import run_artifacts, run_metrics, write_results
+from pipeline.pseudonyms import pseudonym_key_from_env
+from pipeline.report.page import write_report
 
-STALE_ENV = "CMCL_STALE_AFTER_S"
-DEFAULT_STALE_S = 300.0  # a 'running' run silent this long is marked crashed at the next start
-HEARTBEAT_S = 15.0
 
-_IO = dict(retries=2, retry_delay_seconds=5, persist_result=False, cache_policy=NONE)
-_CPU = dict(retries=0, persist_result=False, cache_policy=NONE)
+def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect retry condition: retry only an error that a second try can fix."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(exc, UserError):
+        return exc.transient
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
-def _db(fn, *args, **kwargs):
-    """Call a db helper, mapping its errors to DatabaseUnavailable (problem + fix)."""
-    from db.errors import ResultsDatabaseError
-
-    try:
-        return fn(*args, **kwargs)
-    except ResultsDatabaseError as err:
-        raise DatabaseUnavailable(err.problem, err.fix) from None
+# privacy: never pickle task results (patient-derived arrays) into $PREFECT_HOME/storage
+_PRIVATE = dict(persist_result=False, cache_policy=NONE)
+_RETRY = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 
 
 # --- tasks: each wraps one pipeline function ------------------------------------------------
 
 
-@task(name="ingest", **_IO)
-def ingest_task(cfg: Config, engine):
+@task(name="ingest", **_PRIVATE, **_RETRY)
+def ingest_task(cfg: Config, engine: sa.Engine) -> IngestResult:
     """Scan dicom.source into the catalog and the preprocessed-array cache."""
-    from pipeline.deid import pseudonym_key_from_env
-    from pipeline.ingest import ingest
-
     key = pseudonym_key_from_env()  # read here: the key never passes through Prefect
-
-    log = get_run_logger()
     res = ingest(cfg, key=key, engine=engine)
-    log.info(
-        "ingest: %d files, %d new/changed, %d unchanged, %d quarantined %s, %d training images",
-        res.found,
-        res.catalogued,
-        res.unchanged,
-        res.n_quarantined,
-        dict(res.quarantined),
-        len(res.images),
-    )
+    get_run_logger().info(
+        "ingest: %d files, %d new/changed, %d unchanged, %d quarantined %s, %d forgotten, "
+        "%d training images",
+        res.found, res.catalogued, res.unchanged, res.n_quarantined, dict(res.quarantined),
+        res.forgotten, len(res.images),
+    )  # fmt: skip
     return res
 
 
-@task(name="load-clinical", **_IO)
-def clinical_task(cfg: Config):
+@task(name="load-clinical", **_PRIVATE, **_RETRY)
+def clinical_task(cfg: Config) -> ClinicalTable:
     """Run the clinical query read-only; pseudonymise the ids."""
-    from pipeline.clinical import load_clinical
-    from pipeline.deid import pseudonym_key_from_env
-
     table = load_clinical(cfg.clinical, key=pseudonym_key_from_env())
     get_run_logger().info("clinical: %d records, variables %s", len(table), list(table.u_names))
     return table
 
 
-@task(name="join", **_CPU)
-def join_task(images, clinical):
+@task(name="join", **_PRIVATE)
+def join_task(images: tuple[TrainingImage, ...], clinical: ClinicalTable) -> JoinedCohort:
     """Join catalogued images to clinical records on the patient key."""
-    from pipeline.join import join_cohort
-
     cohort = join_cohort(images, clinical)
     get_run_logger().info("join: %s", cohort.counts)
     return cohort
 
 
-@task(name="load-images", **_IO)
-def load_images_task(cfg: Config, cohort, out_path: Path) -> np.ndarray:
+@task(name="load-images", **_PRIVATE, **_RETRY)
+def load_images_task(cfg: Config, cohort: JoinedCohort, out_path: Path) -> np.ndarray:
     """Stream the cohort's cached arrays into one memory-mapped ``[n, 1, S, S]`` file."""
-    from pipeline.cache import PreprocessCache
-    from pipeline.images import load_training_images
-    from pipeline.ingest import cache_dir_for
-
     return load_training_images(PreprocessCache(cache_dir_for(cfg)), cohort.cache_keys, out_path)
 
 
-@task(name="train", **_CPU)
-def train_task(cfg: Config, cohort, images: np.ndarray):
+@task(name="train", **_PRIVATE)
+def train_task(cfg: Config, cohort: JoinedCohort, images: np.ndarray) -> CMCL:
     """Fit CMCL (CUDA when available); epochs and loss parts go to the run log."""
-    from pipeline.fit import fit_model
-
     log = get_run_logger()
-    import torch
-
-    log.info("training on %s", "cuda" if torch.cuda.is_available() else "cpu")
+    log.info("training on %s", default_device())
 
     def on_epoch(epoch: int, rec: dict) -> None:
         parts = " ".join(
@@ -130,59 +130,51 @@ def train_task(cfg: Config, cohort, images: np.ndarray):
     return model
 
 
-@task(name="export-onnx", **_IO)
-def export_task(model, images: np.ndarray, u: np.ndarray, run_dir: Path):
-    """Export encoder/decoder to ONNX; parity against PyTorch on the run's data."""
-    from pipeline.onnx_export import export_onnx
+@task(name="latents", **_PRIVATE)
+def latents_task(model: CMCL, images: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Posterior means of z for the run's images, ``[n, m]``."""
+    return posterior_means(model, images, u)
 
+
+@task(name="export-onnx", **_PRIVATE)
+def export_task(model: CMCL, images: np.ndarray, u: np.ndarray, run_dir: Path) -> ExportResult:
+    """Export encoder/decoder to ONNX; parity against PyTorch on the run's data."""
     return export_onnx(model.encoder_module(), model.decoder_module(), images, u, run_dir)
 
 
-@task(name="report", **_IO)
-def report_task(run_dir: Path, run_id: int, model, images, u, metrics: dict) -> Path:
-    """DAG picture, intervention grids, saliency maps, metrics.json, index.html."""
-    from pipeline.report import write_report
+@task(name="save-model", **_PRIVATE)
+def save_model_task(model: CMCL, run_dir: Path) -> Path:
+    """Save the fitted estimator as model.pt in the run folder."""
+    return save_model(model, run_dir)
 
+
+@task(name="report", **_PRIVATE)
+def report_task(
+    run_dir: Path, run_id: int, model: CMCL, images: np.ndarray, u: np.ndarray, metrics: dict
+) -> Path:
+    """DAG picture, intervention grids, saliency maps, metrics.json, index.html."""
     return write_report(run_dir, run_id=run_id, model=model, images=images, u=u, metrics=metrics)
 
 
-@task(name="write-back", **_IO)
-def write_back_task(engine, run_id: int, model, cohort, z, artifacts, metrics: dict) -> None:
-    """Edges, latents, variables, artifacts and 'succeeded' in one transaction."""
-    from db.write import write_run_results
-    from pipeline.fit import result_rows
-
-    edges, variables, latents = result_rows(model, cohort, z)
-    _db(
-        write_run_results,
-        engine,
-        run_id,
-        edges=edges,
-        latents=latents,
-        variables=variables,
-        artifacts=artifacts,
-        metrics=metrics,
-    )
+@task(name="write-back", **_PRIVATE, **_RETRY)
+def write_back_task(
+    engine: sa.Engine,
+    run_id: int,
+    model: CMCL,
+    cohort: JoinedCohort,
+    z: np.ndarray,
+    artifacts: list[ArtifactRow],
+    metrics: dict[str, Any],
+    fingerprint: str,
+) -> None:
+    """Edges, latents, variables, artifacts, metrics and 'succeeded' in one transaction."""
+    write_results(
+        engine, run_id, model=model, cohort=cohort, z=z, artifacts=artifacts,
+        metrics=metrics, data_fingerprint=fingerprint,
+    )  # fmt: skip
 
 
 # --- the flow -------------------------------------------------------------------------------
-
-
-def _stale_after() -> float:
-    try:
-        return float(os.environ.get(STALE_ENV, DEFAULT_STALE_S))
-    except ValueError:
-        return DEFAULT_STALE_S
-
-
-def _history_summary(history: list[dict]) -> dict[str, Any]:
-    if not history:
-        return {"epochs": 0}
-    last = history[-1]
-    out: dict[str, Any] = {"epochs": len(history)}
-    out |= {f"final_{k}": v for k, v in last.items() if isinstance(v, int | float)}
-    out["train_seconds"] = float(sum(r.get("seconds", 0.0) for r in history))
-    return out
 
 
 @flow(name="cmcl", persist_result=False, log_prints=False)
@@ -195,161 +187,31 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     Returns:
         ``{"run_id", "status", "report", "edges", "device", "seconds"}`` (no patient data).
     """
-    from db.engine import open_results
-    from db.records import ArtifactRow
-    from db.write import finish_run, keep_alive, mark_stale_runs, start_run
-    from pipeline.deid import pseudonym_key_from_env
-    from pipeline.fit import code_version, data_fingerprint
-    from pipeline.ingest import cache_dir_for
-
     t0 = time.perf_counter()
-    log = get_run_logger()
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
-    engine = _db(open_results, _expand(cfg.results.url))
-    try:
-        _db(mark_stale_runs, engine, _stale_after())
-        import torch
-
-        run_id = _db(
-            start_run,
-            engine,
-            config=cfg.redacted(),
-            code_version=code_version(),
-            device="cuda" if torch.cuda.is_available() else "cpu",
-        )
-        log.info("run %d started", run_id)
-        run_dir = Path(cfg.results.report_dir) / f"run-{run_id}"
-        work = Path(tempfile.mkdtemp(prefix=f".run-{run_id}-", dir=_work_root(cache_dir_for(cfg))))
-        fingerprint = None
-        try:
-            with keep_alive(engine, run_id, every_s=HEARTBEAT_S):
-                ingested = ingest_task(cfg, engine)
-                cohort = join_task(ingested.images, clinical_task(cfg))
-                fingerprint = data_fingerprint(cohort)
-                log.info("cohort: %d images, data fingerprint %s", len(cohort), fingerprint[:12])
-                images = load_images_task(cfg, cohort, work / "images.npy")
-                model = train_task(cfg, cohort, images)
-                device = str(model.device_)
-                exported = export_task(model, images, cohort.u, run_dir)
-                z = model.transform(images, cohort.u)  # [n, m] posterior means
-                metrics = {
-                    "device": device,
-                    "n_images": len(cohort),
-                    "n_patients": cohort.counts.patients,
-                    "join": cohort.summary(),
-                    "ingest": {"found": ingested.found, "quarantined": dict(ingested.quarantined)},
-                    "training": _history_summary(model.history_),
-                    "onnx": exported.metrics(),
-                    "n_edges": len(model.edges_),
-                }
-                index = report_task(run_dir, run_id, model, images, cohort.u, metrics)
-                model.save(str(run_dir / "model.pt"))
-                artifacts = [
-                    ArtifactRow(a.name, a.relpath, a.sha256, a.size_bytes, a.kind)
-                    for a in (exported.encoder, exported.decoder)
-                ] + [
-                    _file_artifact(run_dir, "model.pt", "torch"),
-                    _file_artifact(run_dir, "index.html", "report"),
-                ]
-                metrics["seconds"] = time.perf_counter() - t0
-                write_back_task(engine, run_id, model, cohort, z, artifacts, metrics)
-                _db(
-                    finish_run,
-                    engine,
-                    run_id,
-                    status="succeeded",
-                    n_images=len(cohort),
-                    n_patients=cohort.counts.patients,
-                    device=device,
-                    data_fingerprint=fingerprint,
-                )
-        except BaseException as err:
-            _record_failure(engine, run_id, err, fingerprint)
-            raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    finally:
-        engine.dispose()
+    with recorded_run(cfg, device=default_device()) as run:
+        clinical = clinical_task(cfg)  # first: a wrong clinical source costs no ingest
+        ingested = ingest_task(cfg, run.engine)
+        cohort = join_task(ingested.images, clinical)
+        run.fingerprint = data_fingerprint(cohort)
+        images = load_images_task(cfg, cohort, run.work / "images.npy")
+        model = train_task(cfg, cohort, images)
+        z = latents_task(model, images, cohort.u)
+        exported = export_task(model, images, cohort.u, run.dir)
+        model_file = save_model_task(model, run.dir)
+        metrics = run_metrics(model, cohort, ingested, exported)
+        index = report_task(run.dir, run.id, model, images, cohort.u, metrics)
+        artifacts = run_artifacts(run.dir, exported, model_file, index)
+        metrics["seconds"] = time.perf_counter() - t0
+        write_back_task(run.engine, run.id, model, cohort, z, artifacts, metrics, run.fingerprint)
     seconds = time.perf_counter() - t0
-    log.info("run %d succeeded in %.1f s; report %s", run_id, seconds, index)
+    get_run_logger().info("run %d succeeded in %.1f s; report %s", run.id, seconds, index)
     return {
-        "run_id": run_id,
+        "run_id": run.id,
         "status": "succeeded",
         "report": str(index),
         "edges": [list(e) for e in model.edges_],
-        "device": device,
+        "device": str(model.device_),
         "seconds": seconds,
     }
-
-
-def _expand(url: str) -> str:
-    from pipeline.config import expand_env
-
-    return expand_env(url)
-
-
-def _work_root(cache_root: Path) -> Path:
-    cache_root.mkdir(parents=True, exist_ok=True)
-    return cache_root
-
-
-def _file_artifact(run_dir: Path, rel: str, kind: str):
-    from db.records import ArtifactRow
-    from pipeline.onnx_export import sha256_file
-
-    p = run_dir / rel
-    return ArtifactRow(p.name, rel, sha256_file(p), p.stat().st_size, kind)
-
-
-def _record_failure(engine, run_id: int, err: BaseException, fingerprint: str | None) -> None:
-    """Mark the run failed with a PHI-free message (user errors carry their own message)."""
-    from db.write import finish_run
-
-    if isinstance(err, CMCLUserError):
-        msg = str(err)
-    elif isinstance(err, KeyboardInterrupt):
-        msg = "interrupted"
-    else:
-        msg = f"{type(err).__name__} (see the flow run's log)"
-    try:
-        finish_run(engine, run_id, status="failed", error=msg, data_fingerprint=fingerprint)
-    except Exception:  # noqa: BLE001 - the original error matters more
-        get_run_logger().warning("could not record the failure of run %d", run_id)
-
-
-def run_command(config: Path, console=None) -> dict[str, Any]:
-    """``cmcl run --config FILE``: run the flow locally, print the edges and the report path.
-
-    Config and pseudonym key are checked before Prefect starts (a temporary local API when
-    ``PREFECT_API_URL`` is unset), so a user error costs no start-up time.
-
-    Raises:
-        ConfigError, DataError, DatabaseUnavailable: a user-fixable problem.
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    from pipeline.deid import pseudonym_key_from_env
-
-    console = console or Console()
-    path = Path(config).resolve()
-    load_config(path)
-    pseudonym_key_from_env()
-    from prefect.settings import temporary_settings
-
-    # The temporary local API (no PREFECT_API_URL) gets 20 s to start by default; a busy
-    # machine needs more. Its telemetry heartbeat only adds SQLite lock contention. Values set
-    # in the environment or profile still win.
-    quiet = {"server.ephemeral.startup_timeout_seconds": 180, "server.analytics_enabled": False}
-    with temporary_settings(set_defaults=quiet):
-        out = cmcl_flow(config=str(path))
-    table = Table(title=f"cmcl run {out['run_id']}: learned edges (cause -> effect)")
-    for col in ("source", "target", "weight"):
-        table.add_column(col)
-    for s, t, w in out["edges"]:
-        table.add_row(s, t, f"{w:+.3f}")
-    console.print(table)
-    console.print(f"device: {out['device']}   wall time: {out['seconds']:.0f} s")
-    console.print(f"report: {out['report']}")
-    return out

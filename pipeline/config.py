@@ -38,9 +38,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cmcl_core.variables import VariableType
+from db.urls import ENV_REF, literal_password
 from pipeline.errors import ConfigError
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class MriReduction(StrEnum):
@@ -56,8 +55,7 @@ class _Strict(BaseModel):
 
 def _check_url(url: str, key: str) -> str:
     """Refuse a literal password; the ${VAR} form is expanded later by ``expand_env``."""
-    m = re.match(r"^[A-Za-z0-9+]+://[^:/@]*:([^@]*)@", url)
-    if m and not _ENV_REF.fullmatch(m.group(1)):
+    if literal_password(url) is not None:
         raise ValueError(
             f"{key} contains a literal password; put it in an environment variable and "
             f"write it as ${{NAME}} in the URL (secrets never live in the config file)"
@@ -132,7 +130,7 @@ def expand_env(url: str) -> str:
             )
         return os.environ[name]
 
-    return _ENV_REF.sub(repl, url)
+    return ENV_REF.sub(repl, url)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -204,3 +202,19 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{p} is not valid YAML: {err}") from None
     return config_from_dict(data, source=str(p), base_dir=p.parent.resolve())
+
+
+def cache_dir_for(cfg: Config) -> Path:
+    """The preprocessed-array cache: ``dicom.cache_dir``, else ``.cmcl_cache`` beside a SQLite
+    results file, else ``./.cmcl_cache``."""
+    if cfg.dicom.cache_dir is not None:
+        return Path(cfg.dicom.cache_dir)
+    url = cfg.results.url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///") :]).parent / ".cmcl_cache"
+    return Path.cwd() / ".cmcl_cache"
+
+
+def run_folder(cfg: Config, run_id: int) -> Path:
+    """The folder of a run's report, model and ONNX files: ``results.report_dir/run-<id>``."""
+    return Path(cfg.results.report_dir) / f"run-{run_id}"

@@ -44,20 +44,27 @@ def pg_admin_url() -> str:
     return url
 
 
+def admin_execute(admin_url: str, statement: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE or SCHEMA)."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     import sqlalchemy as sa
 
     name = f"cmcl_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    base = sa.engine.make_url(pg_admin_url)
-    yield base.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    yield sa.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

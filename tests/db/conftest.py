@@ -13,15 +13,13 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import admin_execute
+
 
 @pytest.fixture
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     name = f"cmcl_t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    admin_execute(pg_admin_url, f'CREATE SCHEMA "{name}"')
     url = sa.make_url(pg_admin_url).update_query_dict({"options": f"-csearch_path={name}"})
     yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-    admin.dispose()
+    admin_execute(pg_admin_url, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

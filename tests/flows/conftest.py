@@ -26,7 +26,7 @@ TINY_MODEL = {
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """A 48-patient synthetic cohort at 16x16 (graph 3/10 shrunk: d=2, m=3), written once."""
-    from pipeline.synthetic import make_synthetic_cohort
+    from pipeline.synthetic.cohort import make_synthetic_cohort
 
     out = tmp_path_factory.mktemp("tiny") / "cohort"
     make_synthetic_cohort(

@@ -83,7 +83,7 @@ def test_flow_writes_a_succeeded_run(flow_run):
     assert metrics["onnx"]["onnx_encoder_max_abs_diff"] <= 1e-4
     assert metrics["onnx"]["onnx_decoder_max_abs_diff"] <= 1e-4
     run_dir = Path(cfg.results.report_dir) / f"run-{out['run_id']}"
-    from pipeline.onnx_export import sha256_file
+    from pipeline.model.artifacts import sha256_file
 
     arts = get_artifacts(engine, out["run_id"])
     assert {"encoder.onnx", "decoder.onnx", "index.html"} <= {a["name"] for a in arts}
@@ -107,7 +107,11 @@ def test_report_is_offline_and_complete(flow_run):
     grids = sorted(p.name for p in (run_dir / "interventions").glob("*.png"))
     assert len(grids) == len(causal)
     latents = {n for e in out["edges"] for n in e[:2] if str(n).startswith("z")}
-    assert len(list((run_dir / "saliency").glob("*.png"))) == len(latents)
+    maps = sorted(p.name for p in (run_dir / "saliency").glob("*.png"))
+    assert len(maps) >= len(latents)  # a map per latent: those on an edge and the others
+    assert maps == [f"z{j}.png" for j in range(TINY_MODEL["latent_dim"])]
+    for name in maps:
+        assert f"saliency/{name}" in html
 
 
 def test_no_phi_in_db_report_onnx_logs(flow_run, tiny_cohort, prefect_home):
@@ -132,9 +136,10 @@ def test_onnx_session_refuses_altered_file_and_score_fills_latents(flow_run, tmp
     import sqlalchemy as sa
 
     from db.read import get_artifacts, read_latents
+    from pipeline.config import run_folder
     from pipeline.errors import DataError
-    from pipeline.onnx_export import load_session
-    from pipeline.score import run_folder, score_run
+    from pipeline.model.onnx_export import load_session
+    from pipeline.model.score import score_run
 
     out, cfg_path, _ = flow_run
     engine, cfg = _engine(cfg_path)
@@ -198,3 +203,33 @@ def test_cli_edges_prints_the_run(flow_run):
     assert f"run {out['run_id']} (succeeded)" in res.output
     for s, t, _ in out["edges"]:
         assert s in res.output and t in res.output
+
+
+def test_a_missing_clinical_database_fails_the_run_before_ingest_without_retries(
+    tiny_cohort, prefect_harness, tmp_path, caplog
+):
+    """A permanent error (the clinical database does not exist) is not retried: the run is
+    marked failed with the message, nothing is ingested, no task run retries."""
+    from db.errors import DatabaseUnavailable
+    from db.read import latest_run, list_runs, read_catalog
+    from flows.train import cmcl_flow
+
+    data = yaml.safe_load((tiny_cohort / "config.yaml").read_text())
+    data["results"] = {"url": f"sqlite:///{tmp_path / 'r.db'}", "report_dir": str(tmp_path)}
+    data["clinical"]["url"] = f"sqlite:///{tmp_path / 'no-such-clinic.db'}"
+    data["dicom"].update(cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CMCL_PSEUDONYM_KEY", TEST_KEY)
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(DatabaseUnavailable):
+            cmcl_flow(config=str(cfg_path))
+    finally:
+        mp.undo()
+    assert "Retry" not in caplog.text
+    engine, _ = _engine(cfg_path)
+    (run,) = list_runs(engine)
+    assert run["status"] == "failed" and "no-such-clinic.db does not exist" in run["error"]
+    assert latest_run(engine) is None and read_catalog(engine) == []
+    engine.dispose()

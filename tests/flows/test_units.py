@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.errors import ConfigError
-
-
-def test_model_settings_split_latent_dim_and_reject_typos():
-    from pipeline.fit import DEFAULT_LATENT_DIM, model_settings
-
-    m, cfg = model_settings({"latent_dim": 7, "epochs": 3})
-    assert m == 7 and cfg.epochs == 3
-    assert model_settings({})[0] == DEFAULT_LATENT_DIM
-    with pytest.raises(ConfigError, match="epochz"):
-        model_settings({"epochz": 3})
-    with pytest.raises(ConfigError, match="latent_dim"):
-        model_settings({"latent_dim": 0})
 
 
 def test_serve_needs_a_server_and_a_valid_cron(tiny_config, monkeypatch):
@@ -48,11 +35,3 @@ def test_run_without_key_fails_before_prefect(tiny_config, monkeypatch):
     monkeypatch.delenv("CMCL_PSEUDONYM_KEY", raising=False)
     res = CliRunner().invoke(app, ["run", "--config", str(tiny_config)])
     assert res.exit_code == 2 and "CMCL_PSEUDONYM_KEY" in res.output
-
-
-def test_intervention_values():
-    from pipeline.report import intervention_values
-
-    assert intervention_values(np.array([0.0, 1.0, 1.0, 0.0]), "binary") == [0.0, 1.0]
-    v = intervention_values(np.arange(101.0), "continuous")
-    assert v == pytest.approx([5.0, 25.0, 50.0, 75.0, 95.0])

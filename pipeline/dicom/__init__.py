@@ -1,0 +1,1 @@
+"""DICOM files: discovery under dicom.source, validation, de-identification, ingest workers."""

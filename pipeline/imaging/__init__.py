@@ -1,0 +1,1 @@
+"""Pixels to model input: display transforms, preprocessing, MR series, the array cache."""

@@ -1,0 +1,162 @@
+"""The parent side of a scan: account for each worker answer, decide duplicates, build MR series.
+
+Results arrive in file order, so "the first file wins" for duplicate instances (the same
+SOPInstanceUID in two files) is deterministic: the others are quarantined as
+``duplicate_instance``.
+
+Training units (:class:`TrainingImage`):
+
+* CR/DX: one per accepted instance; its ``cache_key`` is the instance's preprocessed image.
+* MR: one per series (SeriesInstanceUID). After the per-file pass, each series whose instances
+  changed is read as a volume and reduced to 2D (``dicom.mri_reduction``) by
+  :func:`pipeline.imaging.mri.preprocess_series` (:func:`mr_pass`); every instance row of the
+  series carries the series' ``cache_key`` and ``n_slices``; the unit's ``image_key`` is the
+  smallest instance key of the series (a deterministic representative that is a real catalog
+  row).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from pipeline.dicom import worker
+from pipeline.dicom.validate import Accepted, Quarantined, Reason, sha256_bytes
+from pipeline.imaging.cache import PreprocessCache
+from pipeline.imaging.preprocess import PreprocessSpec
+from pipeline.ingest.catalog import CatalogEntry, CatalogWriter, image_row, recatalogued
+
+
+@dataclass(frozen=True)
+class TrainingImage:
+    """One training unit: an instance (CR/DX) or a series (MR), with its cached array key."""
+
+    image_key: str
+    patient_key: str
+    series_key: str | None
+    cache_key: str
+    modality: str
+
+
+@dataclass
+class _MrMember:
+    file_key: str
+    path: str
+    content_sha256: str
+    image_key: str
+    patient_key: str
+    accepted: Accepted | None  # None: unchanged, its row is in the catalog
+
+
+@dataclass
+class Tally:
+    """The running state of one scan: counts, training units, duplicates, MR series."""
+
+    catalog: dict[str, CatalogEntry]
+    owner: dict[str, str]  # image_key -> file_key of catalogued files found in this scan
+    writer: CatalogWriter
+    reasons: Counter[str] = field(default_factory=Counter)
+    catalogued: int = 0
+    unchanged: int = 0
+    images: list[TrainingImage] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)  # image_key -> file_key, this scan
+    series: dict[str, list[_MrMember]] = field(default_factory=dict)
+
+    def add(self, d: worker.Done, path: str) -> None:
+        """Account for one worker answer (and buffer its database row)."""
+        o = d.outcome
+        if isinstance(o, worker.Unchanged):
+            self._unchanged(o.file_key, path)
+            return
+        if isinstance(o, Accepted):
+            first = self.seen.get(o.image_key) or self.owner.get(o.image_key)
+            if first is not None and first != o.file_key:
+                o = Quarantined(o.file_key, o.content_sha256, Reason.DUPLICATE_INSTANCE,
+                                "another file holds the same SOPInstanceUID")  # fmt: skip
+        if isinstance(o, Quarantined):
+            self.reject(o)
+            return
+        self.seen[o.image_key] = o.file_key
+        if o.modality == "MR":  # catalogued by the series pass, once the series is complete
+            member = _MrMember(o.file_key, path, o.content_sha256, o.image_key, o.patient_key, o)
+            self.series.setdefault(o.series_key or o.image_key, []).append(member)
+            return
+        self.writer.image(image_row(o, d.cache_key))
+        self.catalogued += 1
+        self.images.append(TrainingImage(o.image_key, o.patient_key, o.series_key,
+                                         d.cache_key or "", o.modality))  # fmt: skip
+
+    def reject(self, q: Quarantined) -> None:
+        """Quarantine one file."""
+        self.reasons[q.reason.value] += 1
+        self.writer.reject(q)
+
+    def _unchanged(self, file_key: str, path: str) -> None:
+        self.unchanged += 1
+        e = self.catalog.get(file_key)
+        if e is None:  # still quarantined, for the same content
+            return
+        self.seen[e.image_key] = file_key
+        if e.modality == "MR":
+            member = _MrMember(file_key, path, e.content_sha256, e.image_key, e.patient_key, None)
+            self.series.setdefault(e.series_key or e.image_key, []).append(member)
+        else:
+            self.images.append(TrainingImage(e.image_key, e.patient_key, e.series_key,
+                                             e.cache_key or "", e.modality))  # fmt: skip
+
+
+def ordered_map(
+    fn: Callable, items: Iterator, executor: ProcessPoolExecutor | None, in_flight: int
+) -> Iterator:
+    """``map(fn, items)`` in order, with at most ``in_flight`` pending futures (imap-style)."""
+    if executor is None:
+        yield from map(fn, items)
+        return
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def mr_pass(
+    tally: Tally,
+    cache: PreprocessCache,
+    spec: PreprocessSpec,
+    executor: ProcessPoolExecutor | None,
+) -> None:
+    """Preprocess each changed MR series once and write its instance rows.
+
+    A series is rebuilt when an instance is new or changed, or its cached array is missing or
+    was made under another spec. If it cannot be built, all its instances are quarantined
+    (the unchanged ones leave the catalog and the unchanged count).
+    """
+    jobs: list[tuple[str, str, list[_MrMember]]] = []  # (group, cache key, members to write)
+    for group in sorted(tally.series):
+        members = sorted(tally.series[group], key=lambda m: m.image_key)
+        combined = sha256_bytes("".join(sorted(m.content_sha256 for m in members)).encode())
+        skey = cache.key(combined, spec)
+        stale = skey not in cache or any(
+            m.accepted is not None or tally.catalog[m.file_key].cache_key != skey for m in members
+        )
+        jobs.append((group, skey, members if stale else []))
+    todo = [([m.path for m in ms], skey) for _, skey, ms in jobs if ms]
+    failures = ordered_map(worker.series_job, iter(todo), executor, 4)
+    for group, skey, rewrite in jobs:
+        if rewrite and (failed := next(failures)) is not None:
+            for m in rewrite:  # the whole series leaves the catalog: one table per file
+                tally.unchanged -= m.accepted is None
+                tally.reject(Quarantined(m.file_key, m.content_sha256, *failed))
+            continue
+        for m in rewrite:
+            if m.accepted is not None:
+                tally.writer.image(image_row(m.accepted, skey, n_slices=len(rewrite)))
+                tally.catalogued += 1
+            else:
+                tally.writer.image(recatalogued(tally.catalog[m.file_key], skey, len(rewrite)))
+        rep = min(tally.series[group], key=lambda m: m.image_key)
+        tally.images.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))

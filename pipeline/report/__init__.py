@@ -1,0 +1,1 @@
+"""The per-run report: figures and an offline HTML page."""

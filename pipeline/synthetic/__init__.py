@@ -1,0 +1,1 @@
+"""Synthetic data with a known causal graph: the one DICOM writer and the demo cohort."""
