@@ -1,19 +1,21 @@
 """Imports run one way: flows -> pipeline -> cmcl_core, flows/pipeline -> db; no cycles.
 
-Every import statement of ``pipeline``, ``flows`` and ``db`` counts, function-local ones
-included; a function-local import is allowed only to defer a heavy optional dependency, and
-says so in a comment on its line (or in the function's docstring).
+Every import statement of ``cmcl_core``, ``pipeline``, ``flows`` and ``db`` counts,
+function-local ones included; a function-local import is allowed only to defer a heavy
+optional dependency, and says so in a comment on its line (or in the function's docstring).
+``cmcl_core`` imports nothing but the standard library, torch, numpy and scipy.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "flows", "db")
+PACKAGES = ("cmcl_core", "pipeline", "flows", "db")
 FORBIDDEN = {  # package -> packages it must never import
     "db": {"pipeline", "flows"},
     "pipeline": {"flows"},
@@ -56,7 +58,7 @@ def _own(name: str) -> str | None:
     return None
 
 
-def test_no_import_cycle_among_pipeline_flows_db():
+def test_no_import_cycle_among_the_projects_modules():
     graph = {m: {o for n, _, _ in _imports(p) if (o := _own(n)) and o != m}
              for m, p in MODULES.items()}  # fmt: skip
     state: dict[str, int] = {}  # 1 visiting, 2 done
@@ -103,3 +105,11 @@ def test_function_local_imports_only_defer_heavy_dependencies():
             said = lines[node.lineno - 1] + docs.get(id(fn), "")
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             assert "deferred" in said.lower(), f"{where}: a local import without a reason"
+
+
+def test_core_imports_only_torch_numpy_scipy():
+    allowed = set(sys.stdlib_module_names) | {"__future__", "torch", "numpy", "scipy", "cmcl_core"}
+    for path in _modules("cmcl_core").values():
+        for imported, node, _ in _imports(path):
+            top = imported.split(".")[0]
+            assert top in allowed, f"{path.relative_to(ROOT)}:{node.lineno} imports {imported}"
