@@ -19,6 +19,11 @@ Keys (see ARCHITECTURE.md)::
       url: sqlite:///cmcl.db
       report_dir: reports          # one folder per run
     model: {}                      # CMCL hyperparameters (cmcl_core.config.CMCLConfig fields)
+    knowledge:                     # optional: what the user knows of time order
+      causes: [covid, age]         # precede imaging: no incoming edge
+      effects: [icu_admission]     # follow imaging: no outgoing edge
+    stability: {resamples: 20, level: dag}   # dag | full; null turns resampling off
+    compute: {engine: local, address: null, workers: 2}   # local | dask (prefect-dask)
     seed: 0
 
 Secrets never live in the file: a database URL may reference environment variables as
@@ -32,10 +37,17 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cmcl_core.variables import VariableType
 from db.urls import ENV_REF, literal_password
@@ -102,11 +114,56 @@ class ResultsConfig(_Strict):
         return _check_url(v, "results.url")
 
 
+class KnowledgeConfig(_Strict):
+    """Roles of clinical variables: a cause precedes imaging, an effect follows it."""
+
+    causes: tuple[str, ...] = ()
+    effects: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> KnowledgeConfig:
+        both = sorted(set(self.causes) & set(self.effects))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} is listed both as a cause and as an effect; keep it in one "
+                "list (a cause precedes imaging, an effect follows it)"
+            )
+        return self
+
+    def roles(self) -> dict[str, str]:
+        """``{name: "cause" | "effect"}`` for the estimator's ``u_roles``."""
+        return {n: "cause" for n in self.causes} | {n: "effect" for n in self.effects}
+
+
+class StabilityConfig(_Strict):
+    """Edge stability from resampled fits (``cmcl_core.stability``)."""
+
+    resamples: int = Field(20, ge=1, le=10_000)
+    level: Literal["dag", "full"] = "dag"
+
+
+class ComputeConfig(_Strict):
+    """Where fan-out work runs: local worker processes, or a Dask cluster (prefect-dask)."""
+
+    engine: Literal["local", "dask"] = "local"
+    address: str | None = None  # a Dask scheduler, e.g. tcp://scheduler:8786; None: a LocalCluster
+    workers: int = Field(2, ge=1, le=1024)  # local processes, or LocalCluster workers
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> ComputeConfig:
+        if self.address is not None and self.engine != "dask":
+            raise ValueError("compute.address is read by the dask engine only; set engine: dask")
+        return self
+
+
 class Config(_Strict):
     dicom: DicomConfig
     clinical: ClinicalConfig
     results: ResultsConfig = ResultsConfig()
     model: dict[str, Any] = Field(default_factory=dict)
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    stability: StabilityConfig | None = StabilityConfig()
+    compute: ComputeConfig = ComputeConfig()
     seed: int = 0
 
     def redacted(self) -> dict[str, Any]:
