@@ -97,6 +97,7 @@ def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
 RUN_STATUSES = ("running", "succeeded", "failed", "crashed")
 VAR_KINDS = ("clinical", "latent")
 DIRECTIONS = ("causal", "anti_causal", "other")
+ORIENTATIONS = ("knowledge", "data", "undetermined")
 
 
 class Run(Base):
@@ -136,6 +137,9 @@ class Edge(Base):
         _one_of("source_kind", VAR_KINDS, "source_kind"),
         _one_of("target_kind", VAR_KINDS, "target_kind"),
         _one_of("direction", DIRECTIONS, "direction"),
+        _one_of("orientation", ORIENTATIONS, "orientation"),
+        CheckConstraint("stability BETWEEN 0 AND 1", name="stability"),
+        CheckConstraint("direction_agreement BETWEEN 0 AND 1", name="direction_agreement"),
     )
 
     run_id: Mapped[int] = mapped_column(_run_fk(), primary_key=True)
@@ -145,6 +149,10 @@ class Edge(Base):
     source_kind: Mapped[str] = mapped_column(String(16))
     target_kind: Mapped[str] = mapped_column(String(16))
     direction: Mapped[str] = mapped_column(String(16))
+    # how the direction was decided; NULL on rows written before the column existed
+    orientation: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    stability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    direction_agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Latent(Base):

@@ -89,7 +89,10 @@ class EdgeRow:
     """One directed edge cause -> effect of a run's learned graph.
 
     ``direction`` may be left out: it is derived from the two kinds, and a given value that
-    contradicts them raises ValueError.
+    contradicts them raises ValueError. ``orientation`` says how the direction was decided
+    (``knowledge`` | ``data`` | ``undetermined``: an undetermined row is an estimate, not a
+    claim); ``stability`` and ``direction_agreement`` are fractions of resampled fits (None
+    without resampling).
     """
 
     source: str
@@ -98,6 +101,9 @@ class EdgeRow:
     source_kind: str
     target_kind: str
     direction: str | None = None
+    orientation: str | None = None
+    stability: float | None = None
+    direction_agreement: float | None = None
 
     def __post_init__(self) -> None:
         implied = edge_direction(self.source_kind, self.target_kind)

@@ -125,12 +125,8 @@ def run_command(config: Path, console: Console | None = None) -> dict[str, Any]:
     protect_handlers()  # Prefect installed its own console handler when flows.train loaded
     with temporary_settings(set_defaults=_PREFECT_DEFAULTS):
         out = cmcl_flow(config=str(path))
-    table = _table(
-        f"cmcl run {out['run_id']}: learned edges (cause -> effect)", "source", "target", "weight"
-    )
-    for s, t, w in out["edges"]:
-        table.add_row(s, t, f"{w:+.3f}")
-    console.print(table)
+    console.print(_edge_table(f"cmcl run {out['run_id']}: edges", out["edge_rows"]))
+    console.print(CLAIMS_NOTE)
     console.print(f"device: {out['device']}   wall time: {out['seconds']:.0f} s")
     console.print(f"report: {out['report']}")
     return out
@@ -164,14 +160,40 @@ def edges_command(
                     f"pass one of those ids to --run; {_RUNS_HINT}",
                 )
         rows = read_edges(engine, int(run["id"]))
-    table = _table(
-        f"run {run['id']} ({run['status']}): {len(rows)} edges, cause -> effect",
-        "source", "target", "weight", "direction",
-    )  # fmt: skip
-    for r in rows:
-        table.add_row(r["source"], r["target"], f"{r['weight']:+.3f}", r["direction"])
-    (console or _console()).print(table)
+    con = console or _console()
+    con.print(_edge_table(f"run {run['id']} ({run['status']}): {len(rows)} edges", rows))
+    con.print(CLAIMS_NOTE)
     return rows
+
+
+CLAIMS_NOTE = (
+    "orientation: knowledge = fixed by a role in the config's knowledge:, data = decided by the "
+    "data, undetermined = an adjacency whose direction the model cannot tell (not a claim); "
+    "stability = share of resampled fits with the edge, agreement = share of those with this "
+    "direction"
+)
+
+
+def _fraction(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _edge_table(title: str, rows: list[dict[str, Any]], truth: set | None = None) -> Table:
+    """Edges as a table: source, target, weight, orientation, stability, agreement (and,
+    with ``truth``, whether the edge is in the true graph)."""
+    cols = ["source", "target", "weight", "orientation", "stability", "agreement"]
+    table = _table(title, *cols, *(["in the true graph"] if truth is not None else []),
+                   counts=("weight", "stability", "agreement"))  # fmt: skip
+    for r in rows:
+        cells = [
+            r["source"], r["target"], f"{r['weight']:+.3f}", r.get("orientation") or "-",
+            _fraction(r.get("stability")), _fraction(r.get("direction_agreement")),
+        ]  # fmt: skip
+        if truth is not None:
+            st = (r["source"], r["target"])
+            cells.append("yes" if st in truth else "reversed" if st[::-1] in truth else "no")
+        table.add_row(*cells)
+    return table
 
 
 def runs_command(config: Path, limit: int = 20, console: Console | None = None) -> list[dict]:
@@ -240,21 +262,20 @@ def demo_command(workdir: Path, console: Console | None = None) -> DemoResult:
     r = run_demo(workdir)
     con = console or _console()
     true = set(r.true_edges)
-    table = _table(
-        f"demo run {r.run_id}: learned edges (latents matched to the truth)",
-        "cause", "effect", "weight", "in the true graph",
-    )  # fmt: skip
-    for s, t, w in r.found_edges:
-        verdict = "yes" if (s, t) in true else ("reversed" if (t, s) in true else "no")
-        table.add_row(s, t, f"{w:+.3f}", verdict)
-    for s, t in sorted(true - {(s, t) for s, t, _ in r.found_edges}):
-        table.add_row(s, t, "", "missed")
+    title = f"demo run {r.run_id}: edges (latents matched to the truth)"
+    table = _edge_table(title, r.found_rows, truth=true)
+    found = {(x["source"], x["target"]) for x in r.found_rows}
+    for s, t in sorted(true - found - {(b, a) for a, b in found}):
+        table.add_row(s, t, "", "", "", "", "missed")
     con.print(table)
     sc = r.scores
     con.print(
-        f"true edges: {len(true)}   SHD {sc['shd']:.0f}   TPR {sc['tpr']:.2f}   "
-        f"FDR {sc['fdr']:.2f}   latent MCC {sc['mcc']:.2f}   wall time {r.seconds:.0f} s"
+        f"true edges: {len(true)}   SHD {sc['shd']:.0f} (undetermined as undirected: "
+        f"{sc['shd_cpdag']:.0f})   TPR {sc['tpr']:.2f}   FDR {sc['fdr']:.2f}   wrong claims "
+        f"{sc['wrong_claims']:.0f} of {sc['claims']:.0f}   latent MCC {sc['mcc']:.2f}   "
+        f"wall time {r.seconds:.0f} s"
     )
+    con.print(CLAIMS_NOTE)
     con.print(f"report: {r.report}")
     con.print(f"results database: {r.results_db} (replaced by the next demo in this folder)")
     if r.fresh_key:

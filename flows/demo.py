@@ -2,14 +2,16 @@
 
 1. :func:`pipeline.synthetic.cohort.make_synthetic_cohort` writes DICOM files (a few broken),
    a clinical SQLite database and ``truth.json`` into the work folder (graph "4/10": 4 clinical
-   variables, 6 latents, 4 true u -> z edges);
+   variables, 6 latents, 4 true edges: two u -> z, two z -> u);
 2. the config it wrote gets demo-sized ``model:`` settings (:data:`DEMO_MODEL`);
 3. the same pipeline as ``cmcl run`` runs in a child process (``cmcl run --config ...``), with a
    fresh random ``CMCL_PSEUDONYM_KEY`` in the child's environment when none is set;
 4. the learned latents (read back from ``cmcl_latents``) are matched to the true ones by
    absolute Spearman correlation (Hungarian matching, ``cmcl_core.metrics.mcc``), the learned
    edges are renamed through that matching, and SHD/TPR/FDR against the true graph are printed
-   (``cmcl_core.metrics.count_accuracy``).
+   (``cmcl_core.metrics.count_accuracy``), with the SHD that counts ``undetermined`` rows as
+   undirected edges and the number of wrong claims (rows whose orientation is ``data`` or
+   ``knowledge`` but whose edge is absent or reversed in the truth).
 
 Everything goes into the work folder (``./cmcl-demo`` by default). Each demo starts from fresh
 results: ``results.db`` and ``reports/`` of an earlier demo there are replaced; the
@@ -77,7 +79,11 @@ class DemoResult:
     seconds: float
     true_edges: list[tuple[str, str]]
     found_edges: list[tuple[str, str, float]]  # renamed to the true latents' names
-    scores: dict[str, float]  # shd, tpr, fdr, nnz (count_accuracy) and mcc
+    # every row of cmcl_edges, renamed: source, target, weight, orientation, stability, ...
+    found_rows: list[dict[str, Any]]
+    # shd, tpr, fdr, nnz (count_accuracy on the edges with a weight), mcc, shd_cpdag
+    # (undetermined rows undirected), claims and wrong_claims (over every row)
+    scores: dict[str, float]
     report: Path
     results_db: Path
     fresh_key: bool  # the demo made its own pseudonym key
@@ -176,19 +182,46 @@ def _compare(
     ok = ~np.isnan(z_true).any(axis=1)
     score, matching = mcc(z_true[ok], z_est[ok])
     learned_to_true = {f"z{int(j)}": truth["z_names"][i] for i, j in enumerate(matching) if j >= 0}
-    order = truth["node_order"]
-    B_true = np.array(truth["B_true"], dtype=float)
-    B_est = np.zeros_like(B_true)
-    found = []
-    for e in edges:
-        s = learned_to_true.get(e["source"], e["source"])
-        t = learned_to_true.get(e["target"], e["target"])
-        found.append((s, t, float(e["weight"])))
-        if s in order and t in order:
-            B_est[order.index(s), order.index(t)] = 1.0
-    acc = count_accuracy(B_true, B_est)
-    scores = {k: float(acc[k]) for k in ("shd", "tpr", "fdr", "nnz")} | {"mcc": float(score)}
+    rows = [
+        {**e, "source": learned_to_true.get(e["source"], e["source"]),
+         "target": learned_to_true.get(e["target"], e["target"])}
+        for e in edges
+    ]  # fmt: skip
+    scores = score_rows(truth, rows) | {"mcc": float(score)}
+    found = [(r["source"], r["target"], float(r["weight"])) for r in rows if r["weight"] != 0]
     true_edges = [(e["source"], e["target"]) for e in truth["edges"]]
     report = run_folder(cfg, run_id) / "index.html"
     results_db = workdir / "results.db"
-    return DemoResult(run_id, seconds, true_edges, found, scores, report, results_db, fresh_key)
+    return DemoResult(
+        run_id, seconds, true_edges, found, rows, scores, report, results_db, fresh_key
+    )
+
+
+def score_rows(truth: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Edge rows (named as the truth's nodes) against the true graph.
+
+    The plain SHD/TPR/FDR take every edge of the learned graph (weight != 0) at face value;
+    ``shd_cpdag`` counts ``undetermined`` rows as undirected edges (right when the adjacency
+    is); ``claims`` and ``wrong_claims`` count the rows whose direction is a claim (``data``,
+    ``knowledge``) and those of them absent or reversed in the truth.
+    """
+    order = truth["node_order"]
+    B_true = np.array(truth["B_true"], dtype=float)
+    plain, cpdag = np.zeros_like(B_true), np.zeros_like(B_true)
+    claims = wrong = 0
+    for r in rows:
+        if r["source"] not in order or r["target"] not in order:
+            continue
+        i, j = order.index(r["source"]), order.index(r["target"])
+        if r["weight"] != 0:
+            plain[i, j] = 1.0
+        if r.get("orientation") == "undetermined":
+            cpdag[min(i, j), max(i, j)] = -1.0
+        else:
+            cpdag[i, j] = 1.0
+            claims += 1
+            wrong += int(B_true[i, j] == 0)
+    acc = count_accuracy(B_true, plain)
+    out = {k: float(acc[k]) for k in ("shd", "tpr", "fdr", "nnz")}
+    out["shd_cpdag"] = float(count_accuracy(B_true, cpdag, cpdag=True)["shd"])
+    return out | {"claims": float(claims), "wrong_claims": float(wrong)}

@@ -1,5 +1,5 @@
-"""The Prefect flow ``cmcl`` (deployment ``train``): clinical, ingest, join, train, export,
-report, write back.
+"""The Prefect flow ``cmcl`` (deployment ``train``): clinical, ingest, join, train, stability,
+export, report, write back.
 
 Each task wraps one pipeline function; the flow only orchestrates. A task retries (twice, 5 s
 apart) only what can succeed on a second try: a transient user error (a refused connection, a
@@ -41,7 +41,9 @@ from prefect.states import State
 from cmcl_core.estimator import CMCL
 from db.errors import UserError
 from db.records import ArtifactRow
+from flows.compute import check_compute
 from flows.run_record import recorded_run
+from flows.stability import assess_stability
 from pipeline.clinical.join import JoinedCohort, join_cohort
 from pipeline.clinical.source import ClinicalTable, load_clinical
 from pipeline.config import Config, cache_dir_for, load_config
@@ -52,6 +54,7 @@ from pipeline.model.fit import (
     data_fingerprint,
     default_device,
     fit_model,
+    knowledge_roles,
     posterior_means,
     save_model,
 )
@@ -190,13 +193,16 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
+    check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
     with recorded_run(cfg, device=default_device()) as run:
         clinical = clinical_task(cfg)  # first: a wrong clinical source costs no ingest
+        knowledge_roles(cfg, clinical.u_names)  # unknown names in knowledge, before ingest
         ingested = ingest_task(cfg, run.engine)
         cohort = join_task(ingested.images, clinical)
         run.fingerprint = data_fingerprint(cohort)
         images = load_images_task(cfg, cohort, run.work / "images.npy")
         model = train_task(cfg, cohort, images)
+        model.set_stability(assess_stability(cfg, model, run.work / "images.npy", cohort.u))
         z = latents_task(model, images, cohort.u)
         exported = export_task(model, images, cohort.u, run.dir)
         model_file = save_model_task(model, run.dir)
@@ -212,6 +218,17 @@ def cmcl_flow(config: str) -> dict[str, Any]:
         "status": "succeeded",
         "report": str(index),
         "edges": [list(e) for e in model.edges_],
+        "edge_rows": [
+            {
+                "source": e.source,
+                "target": e.target,
+                "weight": e.weight,
+                "orientation": e.orientation.value,
+                "stability": e.stability,
+                "direction_agreement": e.direction_agreement,
+            }
+            for e in model.edge_table_
+        ],  # fmt: skip
         "device": str(model.device_),
         "seconds": seconds,
     }

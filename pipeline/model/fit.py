@@ -14,7 +14,7 @@ import importlib.metadata
 import json
 import logging
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,25 @@ def model_settings(model: dict[str, Any]) -> tuple[int, CMCLConfig]:
         raise ConfigError(
             f"invalid model settings: {err}", "fix the config's `model:` section"
         ) from None
+
+
+def knowledge_roles(cfg: Config, u_names: Sequence[str]) -> dict[str, str]:
+    """The config's ``knowledge:`` as the estimator's ``u_roles``, checked against the clinical
+    variables the query returned.
+
+    Raises:
+        ConfigError: a name in ``knowledge`` is not a clinical variable (naming it).
+    """
+    roles = cfg.knowledge.roles()
+    unknown = sorted(set(roles) - set(u_names))
+    if unknown:
+        raise ConfigError(
+            f"knowledge names {', '.join(unknown)}, which the clinical query does not return "
+            f"(its variables: {', '.join(u_names)})",
+            "fix the spelling in knowledge.causes / knowledge.effects, or add the column to "
+            "clinical.query",
+        )
+    return roles
 
 
 def data_fingerprint(cohort: JoinedCohort) -> str:
@@ -126,6 +145,7 @@ def fit_model(
             u_types=list(cohort.u_types),
             u_names=list(cohort.u_names),
             callback=on_epoch,
+            u_roles=knowledge_roles(cfg, cohort.u_names),
         )
     except ValueError as err:
         raise DataError(

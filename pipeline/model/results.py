@@ -53,7 +53,20 @@ def run_metrics(
         "training": history_summary(model.history_),
         "onnx": exported.metrics(),
         "n_edges": len(model.edges_),
+        "edges": edge_summary(model),
     }
+
+
+def edge_summary(model: CMCL) -> dict[str, Any]:
+    """How many rows claim a direction (by orientation), and the resampling behind them."""
+    table = model.edge_table_
+    out: dict[str, Any] = {"rows": len(table)}
+    for kind in ("knowledge", "data", "undetermined"):
+        out[kind] = sum(e.orientation.value == kind for e in table)
+    stab = model.stability_
+    out["stability"] = None if stab is None else {"resamples": stab.resamples, "level": stab.level}
+    out["roles"] = dict(model.u_roles_)
+    return out
 
 
 def run_artifacts(
@@ -89,8 +102,17 @@ def result_rows(
     """
     u_names = list(model.u_names_)
     edges = [
-        EdgeRow(s, t, float(w), node_kind(s, u_names), node_kind(t, u_names))
-        for s, t, w in model.edges_
+        EdgeRow(
+            e.source,
+            e.target,
+            e.weight,
+            node_kind(e.source, u_names),
+            node_kind(e.target, u_names),
+            orientation=e.orientation.value,
+            stability=e.stability,
+            direction_agreement=e.direction_agreement,
+        )
+        for e in model.edge_table_
     ]
     variables = [
         VariableRow(n, "clinical", t, i)

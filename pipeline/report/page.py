@@ -3,12 +3,15 @@
 ``write_report(...)`` writes into the run folder::
 
     index.html                 links everything (relative links, no external assets or scripts)
-    dag.png                    the learned graph: clinical variables left, latents right, weights
-    interventions/<u>__<z>.png one grid per causal edge u -> z (Figures 4 and 6 of the paper):
-                               rows are sample images, columns the image regenerated under
+    dag.png                    the learned graph: claimed directions as arrows, undetermined
+                               rows as dashed lines, weights, stability, roles
+    interventions/<u>__<z>.png one grid per edge u -> z (Figures 4 and 6 of the paper): rows
+                               are sample images, columns the image regenerated under
                                do(u = value) for a few values of u
+    traversals.png             every latent swept +- 2 sd with the others at their means
     saliency/z<j>.png          where each latent z0 ... z{m-1} lives in the image (every latent,
                                on an edge or not)
+    training.png               loss parts and h(W) per epoch
     metrics.json               the run's metrics
 
 The pictures are drawn by :mod:`pipeline.report.figures`. Privacy: the report names no patient
@@ -33,8 +36,10 @@ from pipeline.report.figures import (
     N_SALIENCY,
     draw_dag,
     intervention_grid,
+    latent_traversals,
     safe_name,
     saliency_png,
+    training_curves,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,14 +74,17 @@ def write_report(
     (run_dir / "interventions").mkdir(parents=True, exist_ok=True)
     (run_dir / "saliency").mkdir(parents=True, exist_ok=True)
     u_names = list(model.u_names_)
-    edges = list(model.edges_)
-    draw_dag(edges, u_names, model.latent_dim_, run_dir / "dag.png")
+    edges = list(model.edge_table_)
+    draw_dag(edges, u_names, model.latent_dim_, dict(model.u_roles_), run_dir / "dag.png")
+    latent_traversals(model, run_dir / "traversals.png")
+    training_curves(model.history_, run_dir / "training.png")
     grids = []
-    for s, t, w in edges:
-        if _direction(s, t, u_names) is Direction.CAUSAL:
+    for edge in edges:
+        s, t = edge.source, edge.target
+        if edge.weight != 0 and _direction(s, t, u_names) is Direction.CAUSAL:
             rel = f"interventions/{safe_name(s)}__{safe_name(t)}.png"
             intervention_grid(model, images, u, s, t, run_dir / rel)
-            grids.append((s, t, w, rel))
+            grids.append((edge, rel))
     latents = []
     for j in range(model.latent_dim_):
         rel = f"saliency/z{j}.png"
@@ -98,23 +106,30 @@ def _direction(source: str, target: str, u_names: list[str]) -> Direction:
     return edge_direction(node_kind(source, u_names), node_kind(target, u_names))
 
 
+def _fraction(x: float | None) -> str:
+    return "&ndash;" if x is None else f"{x:.2f}"
+
+
 def _html(run_id, edges, u_names, grids, latents, metrics) -> str:
     e = html.escape
     rows = (
         "\n".join(
-            f"<tr><td>{e(s)}</td><td>{e(t)}</td><td>{w:+.3f}</td>"
-            f"<td>{_DIRECTION[_direction(s, t, u_names)]}</td></tr>"
-            for s, t, w in edges
+            f"<tr><td>{e(x.source)}</td><td>{e(x.target)}</td><td>{x.weight:+.3f}</td>"
+            f"<td>{e(x.orientation.value)}</td><td>{_fraction(x.stability)}</td>"
+            f"<td>{_fraction(x.direction_agreement)}</td>"
+            f"<td>{_DIRECTION[_direction(x.source, x.target, u_names)]}</td></tr>"
+            for x in edges
         )
-        or "<tr><td colspan=4>no edge above the threshold</td></tr>"
+        or "<tr><td colspan=7>no edge above the threshold</td></tr>"
     )
     grid_html = (
         "\n".join(
-            f"<h3>{e(s)} &rarr; {e(t)} (weight {w:+.3f})</h3>"
+            f"<h3>{e(x.source)} &rarr; {e(x.target)} (weight {x.weight:+.3f}, "
+            f"orientation {e(x.orientation.value)})</h3>"
             f"<img src='{e(rel)}' alt='intervention grid'>"
-            for s, t, w, rel in grids
+            for x, rel in grids
         )
-        or "<p>No causal edge from a clinical variable to a latent, so no intervention grid.</p>"
+        or "<p>No edge from a clinical variable to a latent, so no intervention grid.</p>"
     )
     sal_html = "\n".join(
         f"<figure><img src='{e(rel)}' alt='saliency {e(z)}'>"
@@ -132,19 +147,35 @@ img{{max-width:100%}}figure{{display:inline-block;margin:4px}}pre{{background:#f
 <a href="decoder.onnx">decoder.onnx</a>. No patient or image identifier appears in this report.</p>
 <h2>Learned graph</h2>
 <img src="dag.png" alt="learned graph">
-<table><tr><th>cause</th><th>effect</th><th>weight</th><th>direction</th></tr>
+<table><tr><th>cause</th><th>effect</th><th>weight</th><th>orientation</th><th>stability</th>
+<th>agreement</th><th>direction</th></tr>
 {rows}</table>
+<p><b>orientation</b>: <i>knowledge</i> = the direction is fixed by a role in the config's
+<code>knowledge:</code>; <i>data</i> = decided by the data (both ends continuous, additive-noise
+models) and the resampled fits agree; <i>undetermined</i> = an adjacency whose direction the
+model cannot tell (a binary or categorical variable against a latent, or resamples that
+disagree): the row shows the estimate, but it is not a claim. <b>stability</b>: share of
+resampled fits with this adjacency; <b>agreement</b>: share of those with this direction.
+A row with weight 0 was found in at least half the resamples but not in the reported fit.</p>
 <h2>Interventions</h2>
-<p>For every causal edge u &rarr; z: sample images (rows), observed in the first column, then
+<p>For every edge u &rarr; z: sample images (rows), observed in the first column, then
 regenerated under do(u = value) through the learned causal functions and the decoder
-(paper, Appendix B; Figures 4 and 6).</p>
+(paper, Appendix B; Figures 4 and 6). For an undetermined edge the direction, and so the
+regenerated images, are an estimate.</p>
 {grid_html}
+<h2>What each latent does</h2>
+<p>Decoded images as one latent sweeps its mean &plusmn; 2 standard deviations with the others at
+their means: every latent, on an edge or not (read an anti-causal or undetermined edge from
+here). A latent on no edge is a nuisance factor or noise.</p>
+<img src="traversals.png" alt="latent traversals">
 <h2>Where each latent lives</h2>
 <p>One map per latent z0 ... z{len(latents) - 1}, on an edge or not. Gradient saliency: the mean
 absolute gradient of the latent's posterior mean with respect to the input pixels, over up to
 {N_SALIENCY} images. (The paper used Grad-CAM++; plain gradient saliency needs no choice of
 layer.)</p>
 {sal_html}
+<h2>Training</h2>
+<img src="training.png" alt="training curves">
 <h2>Metrics</h2>
 <pre>{e(json.dumps(metrics, indent=2, default=str))}</pre>
 </body></html>

@@ -96,6 +96,52 @@ def test_downgrade_to_base_and_back(results_url):
         eng.dispose()
 
 
+def test_edge_trust_migration_keeps_existing_rows(results_url):
+    """0001 -> 0002 adds orientation / stability / direction_agreement; old rows stay intact
+    with NULLs there, and the new columns only take their documented values."""
+    from alembic import command
+
+    from db.engine import _alembic_config
+
+    eng = sa.create_engine(results_url)
+    try:
+        with eng.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cmcl_runs (id, status, started_at, config, metrics, code_version) "
+                    "VALUES (7, 'succeeded', :t, '{}', '{}', '0.1.0')"
+                ),
+                {"t": "2026-11-01T00:00:00+00:00"},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cmcl_edges VALUES "
+                    "(7, 'covid', 'z1', 0.9, 'clinical', 'latent', 'causal')"
+                )
+            )
+        assert apply_migrations(eng) == head_revision()
+        with eng.connect() as conn:
+            row = (
+                conn.execute(sa.text("SELECT * FROM cmcl_edges WHERE run_id = 7")).mappings().one()
+            )
+        assert (row["source"], row["target"], row["weight"], row["direction"]) == (
+            "covid", "z1", 0.9, "causal",
+        )  # fmt: skip
+        assert row["orientation"] is None and row["stability"] is None
+        assert row["direction_agreement"] is None
+        new = "INSERT INTO cmcl_edges VALUES (7, 'age', 'z2', 0.5, 'clinical', 'latent', 'causal', "
+        with eng.begin() as conn:
+            conn.execute(sa.text(new + "'data', 0.9, 1.0)"))
+        for bad in ("'claimed', 0.9, 1.0)", "'data', 1.5, 1.0)", "'data', 0.5, -0.1)"):
+            with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:
+                conn.execute(sa.text(new.replace("'age'", "'sex'") + bad))
+    finally:
+        eng.dispose()
+
+
 def test_sqlite_pragmas_and_savepoint(sqlite_url, tmp_path):
     nested = tmp_path / "a" / "b" / "results.db"
     eng = open_results(f"sqlite:///{nested}")

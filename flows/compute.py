@@ -1,0 +1,66 @@
+"""Where fan-out work runs (the config's ``compute:`` section): a Prefect task runner.
+
+* ``local``: a thread pool of ``compute.workers`` threads in the flow's process. The fanned-out
+  work (batched torch solves, refits) spends its time in torch kernels, which release the GIL,
+  so threads run it in parallel without the start-up cost of worker processes.
+* ``dask``: prefect-dask's ``DaskTaskRunner``: without ``compute.address`` a ``LocalCluster`` of
+  ``compute.workers`` single-threaded worker processes; with it, the scheduler at that address
+  (a dask-jobqueue or Kubernetes cluster is just an address).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from pipeline.config import ComputeConfig
+from pipeline.errors import ConfigError
+
+SCHEDULER_TIMEOUT_S = 10
+
+
+def task_runner(compute: ComputeConfig) -> TaskRunner[Any]:
+    """The task runner of the ``compute`` engine (see the module docstring)."""
+    if compute.engine == "dask":
+        from prefect_dask import DaskTaskRunner  # deferred: dask is heavy and only used here
+
+        if compute.address:
+            return DaskTaskRunner(address=compute.address)
+        cluster = {"n_workers": compute.workers, "threads_per_worker": 1, "processes": True}
+        return DaskTaskRunner(cluster_kwargs=cluster)
+    return ThreadPoolTaskRunner(max_workers=compute.workers)
+
+
+def check_compute(compute: ComputeConfig) -> None:
+    """Fail before any work when the configured Dask scheduler cannot be reached.
+
+    Raises:
+        ConfigError: naming the address and the fix.
+    """
+    if compute.engine != "dask" or not compute.address:
+        return
+    from distributed import Client  # deferred: dask is heavy and only used here
+
+    try:
+        Client(compute.address, timeout=SCHEDULER_TIMEOUT_S).close()
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(
+            f"the Dask scheduler at {compute.address} cannot be reached "
+            f"({type(err).__name__}) within {SCHEDULER_TIMEOUT_S} s",
+            "start the scheduler, fix compute.address, or set compute.engine: local",
+        ) from None
+
+
+@contextmanager
+def single_torch_thread():
+    """Torch's intra-op threads pinned to one while work fans out (each unit of work uses
+    one thread on every engine, so every engine computes the same floats)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
