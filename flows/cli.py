@@ -107,7 +107,9 @@ def synthetic(
         Path, typer.Option(help="Folder for the cohort (new, empty or written by this command).")
     ] = Path("cmcl-synthetic"),
     n_patients: Annotated[int, typer.Option(help="Simulated patients.")] = 500,
-    setting: Annotated[str, typer.Option(help="Paper graph edges/nodes, e.g. 4/10.")] = "4/10",
+    setting: Annotated[
+        str, typer.Option(help="Paper graph edges/nodes (e.g. 4/10), or cxr: a chest X-ray graph.")
+    ] = "4/10",
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces every byte.")] = 0,
     mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,
     image_size: Annotated[int, typer.Option(help="Side of the stored images, in pixels.")] = 64,

@@ -14,11 +14,12 @@ thread, so the local and the Dask engines give the same stabilities for the same
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
 
 from cmcl_core.config import CMCLConfig
@@ -33,6 +34,8 @@ from cmcl_core.stability import (
 from cmcl_core.structure import StructureData
 from flows.compute import single_torch_thread, task_runner
 from pipeline.config import Config
+
+logger = logging.getLogger(__name__)
 
 # privacy: never pickle task results (patient-derived arrays) into $PREFECT_HOME/storage
 _PRIVATE = dict(persist_result=False, cache_policy=NONE)
@@ -105,5 +108,6 @@ def assess_stability(
     with single_torch_thread(), task_runner(cfg.compute) as runner:
         results = _run(runner, jobs)
     graphs = np.concatenate(results) if level == "dag" else np.stack(results)
-    get_run_logger().info("stability: %d %s resamples", len(graphs), level)
+    logger.info("stability: %d %s resamples on the %s engine", len(graphs), level,
+                cfg.compute.engine)  # fmt: skip
     return Stability.from_graphs(graphs, level)

@@ -51,6 +51,7 @@ from pipeline.imaging.cache import PreprocessCache
 from pipeline.imaging.images import load_training_images
 from pipeline.ingest.scan import IngestResult, TrainingImage, ingest
 from pipeline.model.fit import (
+    check_stability_settings,
     data_fingerprint,
     default_device,
     fit_model,
@@ -194,6 +195,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
     check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
+    check_stability_settings(cfg)
     with recorded_run(cfg, device=default_device()) as run:
         clinical = clinical_task(cfg)  # first: a wrong clinical source costs no ingest
         knowledge_roles(cfg, clinical.u_names)  # unknown names in knowledge, before ingest

@@ -74,6 +74,21 @@ def knowledge_roles(cfg: Config, u_names: Sequence[str]) -> dict[str, str]:
     return roles
 
 
+def check_stability_settings(cfg: Config) -> None:
+    """``stability.level: dag`` re-solves the final DAG on resamples, so the run must solve one.
+
+    Raises:
+        ConfigError: ``model.refit_dag`` is off while ``dag``-level stability is on.
+    """
+    _, mcfg = model_settings(cfg.model)
+    if cfg.stability is not None and cfg.stability.level == "dag" and not mcfg.refit_dag:
+        raise ConfigError(
+            "stability.level dag re-solves the final DAG on resampled latents, but "
+            "model.refit_dag is false (the run keeps the jointly trained DAG)",
+            "set model.refit_dag: true, use stability.level: full, or stability: null",
+        )
+
+
 def data_fingerprint(cohort: JoinedCohort) -> str:
     """sha256 over what training sees: the rows' pseudonymous keys, cached-array keys and u.
 

@@ -59,6 +59,39 @@ logger = logging.getLogger(__name__)
 GENERATOR = "pipeline.synthetic"  # in truth.json: marks a folder this generator may refresh
 _OURS = ("dicom", "clinical.db", "truth.json", "truth_latents.npz", "config.yaml")
 _BINARY_NAMES = ("covid", "smoker", "diabetes", "hypertension", "icu_admission", "copd")
+
+
+@dataclass(frozen=True)
+class NamedCohort:
+    """A cohort with a fixed, named graph (``setting=<name>``).
+
+    Attributes:
+        var_names: clinical columns, the binary ones first.
+        n_binary: how many of them are binary.
+        m: number of latents.
+        edges: ``(u index, z index, causal)``: ``u -> z`` when causal, else ``z -> u``.
+        latents: what each latent stands for (recorded in truth.json).
+    """
+
+    var_names: tuple[str, ...]
+    n_binary: int
+    m: int
+    edges: tuple[tuple[int, int, bool], ...]
+    latents: tuple[str, ...]
+
+
+#: ``cxr``: a chest X-ray cohort whose questions are the field's: COVID-19 causes an opacity,
+#: age enlarges the heart shadow, the diaphragm's position predicts FEV1, a nodule predicts ICU
+#: admission; sex has no effect and z4 is a nuisance latent (on no edge).
+NAMED_COHORTS: dict[str, NamedCohort] = {
+    "cxr": NamedCohort(
+        var_names=("covid", "icu_admission", "sex", "age", "fev1"),
+        n_binary=3,
+        m=5,
+        edges=((0, 0, True), (1, 3, False), (3, 1, True), (4, 2, False)),
+        latents=("opacity", "heart_size", "diaphragm", "nodule", "nuisance"),
+    ),
+}
 _CONTINUOUS_NAMES = ("age", "crp", "spo2", "wbc", "bmi", "ldh", "d_dimer", "ferritin")
 
 
@@ -138,8 +171,9 @@ def make_synthetic_cohort(
         out_dir: folder to write (created; a folder this function wrote before is refreshed,
             any other non-empty folder is refused).
         n_patients: simulated patients (each one simulated sample of ``u``, ``z``, image).
-        setting: a paper graph "edges/nodes" (``cmcl_core.simulate.GRAPH_SETTINGS``); ignored
-            when ``d``, ``m`` and ``n_edges`` are all given.
+        setting: a paper graph "edges/nodes" (``cmcl_core.simulate.GRAPH_SETTINGS``; ignored
+            when ``d``, ``m`` and ``n_edges`` are all given) or a named cohort of
+            :data:`NAMED_COHORTS` (``cxr``: its graph, names and binary share).
         d: number of clinical variables (explicit graph).
         m: number of latents (explicit graph).
         n_edges: number of u-z edges (explicit graph).
@@ -166,7 +200,12 @@ def make_synthetic_cohort(
     Raises:
         ConfigError: inconsistent arguments or an unusable ``out_dir``.
     """
-    setting, d, m, n_edges = _graph(setting, d, m, n_edges)
+    named = NAMED_COHORTS.get(setting or "")
+    if named is not None:
+        d, m, n_edges = len(named.var_names), named.m, len(named.edges)
+        n_binary, var_names = named.n_binary, var_names or named.var_names
+    else:
+        setting, d, m, n_edges = _graph(setting, d, m, n_edges)
     n_orphan = max(1, n_patients // 50) if orphans else 0
     n_special = 2 * n_orphan + missing_values + mr_patients
     if n_patients < n_special + 4:
@@ -187,6 +226,7 @@ def make_synthetic_cohort(
         n_binary=n_binary,
         seed=seed,
         setting=setting,
+        edges=None if named is None else named.edges,
     )
     roles = assign_roles(rng, n_patients, n_orphan, missing_values, mr_patients, repeat_fraction)
     pids = [f"SYN{x:08d}" for x in rng.choice(10**8, size=n_patients, replace=False)]
@@ -222,6 +262,7 @@ def make_synthetic_cohort(
         "u_names": list(names),
         "u_types": list(sim.u_types),
         "z_names": list(sim.z_names),
+        "z_meanings": list(named.latents) if named is not None else None,
         "node_order": list(node_names),
         "edges": [{"source": a, "target": b} for a, b in edges],
         "B_true": sim.B_true.tolist(),

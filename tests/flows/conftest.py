@@ -17,10 +17,10 @@ TINY_MODEL = {
     "min_epochs": 2,
     "batch_size": 16,
     "dag_warmup_epochs": 1,
-    "refit_dag": False,
     "base_channels": 8,
     "max_channels": 16,
 }
+TINY_STABILITY = {"resamples": 4, "level": "dag"}
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +55,7 @@ def tiny_config(tiny_cohort, tmp_path) -> Path:
     data["dicom"]["cache_dir"] = str(tmp_path / "cache")
     data["dicom"]["workers"] = 1
     data["model"] = dict(TINY_MODEL)
+    data["stability"] = dict(TINY_STABILITY)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

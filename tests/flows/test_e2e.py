@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.flows.conftest import TEST_KEY, TINY_MODEL
+from tests.flows.conftest import TEST_KEY, TINY_MODEL, TINY_STABILITY
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -93,6 +93,7 @@ def _config(tiny_cohort: Path, tmp_path: Path, **model) -> Path:
     }
     data["dicom"].update(cache_dir=str(tmp_path / "cache"), workers=1)
     data["model"] = {**TINY_MODEL, **model}
+    data["stability"] = dict(TINY_STABILITY)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

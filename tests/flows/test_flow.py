@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.flows.conftest import TEST_KEY, TINY_MODEL, copy_tree_bytes, phi_canaries
+from tests.flows.conftest import (
+    TEST_KEY,
+    TINY_MODEL,
+    TINY_STABILITY,
+    copy_tree_bytes,
+    phi_canaries,
+)
 
 # A Prefect test API, a cohort and a whole flow run: about 1 min of CPU, minutes on a busy
 # machine; CI runs it with the other slow tests.
@@ -28,6 +34,7 @@ def flow_run(tiny_cohort, prefect_harness, tmp_path_factory):
     data["results"] = {"url": f"sqlite:///{tmp / 'results.db'}", "report_dir": str(tmp / "rep")}
     data["dicom"].update(cache_dir=str(tmp / "cache"), workers=1)
     data["model"] = dict(TINY_MODEL)
+    data["stability"] = dict(TINY_STABILITY)
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     mp = pytest.MonkeyPatch()

@@ -1,0 +1,129 @@
+"""What edge stability adds to a run's wall time: ``cmcl run`` with and without resampling.
+
+For each cohort (the demo's: 1000 patients, graph 4/10, 32x32, 40 epochs; and the ``cxr``
+cohort at 1,500 patients) the same config runs twice in child processes, once with
+``stability: null`` and once with the default ``stability`` (or ``--resamples``), alternating
+the order per repeat so that a drift in the machine's load does not favour one side. The
+figure is the run's own wall time as recorded in ``cmcl_runs.metrics["seconds"]`` (the flow,
+without the temporary Prefect API's start-up), and the ratio with / without.
+
+Example::
+
+    python -m benchmarks.stability_cost --out benchmarks/results/stability_cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from db.engine import results_engine
+from db.read import latest_run
+from flows.demo import DEMO_IMAGE_SIZE, DEMO_MODEL, DEMO_SEED
+from pipeline.synthetic.cohort import make_synthetic_cohort
+
+KEY = "7a" * 32
+COHORTS = {
+    "demo": dict(n_patients=1000, setting="4/10", seed=DEMO_SEED),
+    "cxr-1500": dict(n_patients=1500, setting="cxr", seed=0),
+}
+
+
+def run_once(config: Path, stability: dict | None, work: Path) -> float:
+    """One ``cmcl run``; returns the flow's seconds from the run's metrics."""
+    data = yaml.safe_load(config.read_text())
+    data["stability"] = stability
+    db = work / f"results-{'on' if stability else 'off'}.db"
+    db.unlink(missing_ok=True)
+    data["results"] = {"url": f"sqlite:///{db}", "report_dir": str(work / "reports")}
+    path = work / "config-run.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "CMCL_PSEUDONYM_KEY": KEY, "MPLBACKEND": "Agg"}
+    subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(path)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    with results_engine(f"sqlite:///{db}") as engine:
+        return float(latest_run(engine)["metrics"]["seconds"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cohorts", nargs="+", default=list(COHORTS), choices=list(COHORTS))
+    p.add_argument("--resamples", type=int, default=None, help="default: the config default")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--work", type=Path, default=Path("/tmp/cmcl-stability-cost"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/stability_cost"))
+    args = p.parse_args(argv)
+    stability = {"level": "dag"} | ({"resamples": args.resamples} if args.resamples else {})
+    records = []
+    for name in args.cohorts:
+        work = args.work / name
+        info = make_synthetic_cohort(
+            work / "cohort", image_size_dicom=DEMO_IMAGE_SIZE, **COHORTS[name]
+        )
+        data = yaml.safe_load(info.config_path.read_text())
+        data["model"] = dict(
+            DEMO_MODEL,
+            latent_dim=data.get("model", {}).get("latent_dim")
+            or json.loads(info.truth_path.read_text())["m"],
+        )
+        config = work / "config.yaml"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        for rep in range(args.repeats):
+            order = [None, stability] if rep % 2 == 0 else [stability, None]
+            seconds = {}
+            for st in order:
+                t0 = time.time()
+                seconds["on" if st else "off"] = run_once(config, st, work)
+                print(
+                    f"{name} repeat {rep} stability {'on' if st else 'off'}: "
+                    f"{seconds['on' if st else 'off']:.0f} s (process {time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+            records.append(
+                {"cohort": name, "repeat": rep, **seconds, "ratio": seconds["on"] / seconds["off"]}
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    cmd = "python -m benchmarks.stability_cost " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    load = os.getloadavg()
+    result = {
+        "command": cmd,
+        "date": time.strftime("%Y-%m-%d"),
+        "stability": stability,
+        "loadavg_at_end": load,
+        "records": records,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# Wall time of `cmcl run` with and without edge stability ({result['date']})",
+        "",
+        f"Command: `{cmd}`; stability {stability}; 1-minute load average at the end: "
+        f"{load[0]:.1f} on 2 cores.",
+        "",
+        "| cohort | repeat | without (s) | with (s) | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['cohort']} | {r['repeat']} | {r['off']:.0f} | {r['on']:.0f} | {r['ratio']:.2f} |"
+        )
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
