@@ -247,11 +247,14 @@ def learn_dags(
             finite = torch.isfinite(h)
             for q in batch.parameters():
                 finite &= torch.isfinite(q.flatten(1)).all(1)
-            bad = live & ~finite
-            if bad.any():  # restore those problems and raise their rho, as learn_dag does
+            if (~finite).any():
+                # A non-finite value in one problem spreads to all through the joint line
+                # search: restore every problem it reached (finished ones included) and, as
+                # learn_dag does, raise rho of the unfinished ones.
                 for q, b in zip(batch.parameters(), backup, strict=True):
-                    q[bad] = b[bad]
-                rho = torch.where(bad, rho * 10, rho)
+                    q[~finite] = b[~finite]
+            bad = live & ~finite
+            rho = torch.where(bad, rho * 10, rho)
             ok = live & finite
             slow = ok & (h > 0.25 * h_prev)
             rho = torch.where(slow, rho * 10, rho)
