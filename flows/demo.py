@@ -150,7 +150,9 @@ def run_demo(
             f"the demo's pipeline run failed (exit status {proc.returncode}){tail}",
             "see the messages above; `cmcl run --config " + str(config) + "` reruns it",
         )
-    return _compare(workdir, config, key_bytes(key_hex), time.perf_counter() - t0, fresh_key)
+    return compare_with_truth(
+        workdir, config, key_bytes(key_hex), time.perf_counter() - t0, fresh_key
+    )
 
 
 def _demo_config(path: Path, model: dict[str, Any]) -> Path:
@@ -165,9 +167,11 @@ def _demo_config(path: Path, model: dict[str, Any]) -> Path:
     return out
 
 
-def _compare(
+def compare_with_truth(
     workdir: Path, config: Path, key: bytes, seconds: float, fresh_key: bool
 ) -> DemoResult:
+    """The latest succeeded run of ``config`` against ``workdir``'s synthetic truth: latents
+    matched by |Spearman| (Hungarian), edges renamed, scored (:func:`score_rows`)."""
     truth = json.loads((workdir / "truth.json").read_text())
     cfg = load_config(config)
     with results_engine(expand_env(cfg.results.url)) as engine:
