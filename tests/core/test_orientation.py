@@ -92,12 +92,22 @@ def test_orient_edges_rejects_a_wrong_shape():
         orient_edges(anm_pairs(), np.zeros((3, 3)))
 
 
-def test_bipartite_reversals_stay_bipartite():
-    X = anm_pairs()
+def test_u_z_reversals_follow_the_data_and_the_mask():
+    """On the bipartite mask a wrong u-z edge is turned round (its reverse is allowed) and a
+    right one kept; where a role forbids the reverse (u0 a cause: no incoming edge), the edge
+    into u0 must stay as given even though the data favour the other way."""
+    X = anm_pairs()  # x0 -> x1 and x3 -> x2; take u = (x0, x2), z = (x1, x3)
+    X = X[:, [0, 2, 1, 3]]  # columns u0 = x0, u1 = x2, z0 = x1, z1 = x3
     W = np.zeros((4, 4))
-    W[1, 0] = 0.9
-    allowed = bipartite_mask(2, 2)  # {0, 1} x {2, 3}: the 1 - 0 edge cannot even exist
-    np.testing.assert_array_equal(orient_edges(X, W, allowed=allowed), W)
+    W[2, 0] = 0.9  # z0 -> u0: wrong (truth u0 -> z0)
+    W[3, 1] = 1.1  # z1 -> u1: right
+    mask = bipartite_mask(2, 2)
+    out = orient_edges(X, W, allowed=mask)
+    assert out[0, 2] == pytest.approx(0.9) and out[2, 0] == 0  # a u-z reversal, allowed
+    assert out[3, 1] == pytest.approx(1.1) and out[1, 3] == 0
+    forbid = mask.copy()
+    forbid[0, 2] = False  # u0 -> z0 ruled out (u0 an effect): the wrong edge has to stay
+    np.testing.assert_array_equal(orient_edges(X, W, allowed=forbid), W)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
