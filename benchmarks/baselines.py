@@ -15,9 +15,11 @@ learners are the ones the paper compares against in Table 1 and Figure 2:
   ``q(z)`` samples and their dimension-wise permutations (density-ratio trick).
 
 All learners use CMCL's own conv encoder/decoder (``cmcl_core.nets``, the synthetic-data widths
-of the paper's Appendix D.3, "16/16/32/32/64/64" down and mirrored up, ReLU between layers) with
-the same Bernoulli cross-entropy reconstruction, so the comparison differs only in the
-objective. The objectives are written here with plain torch because no maintained library ships
+of the paper's Appendix D.3, "16/16/32/32/64/64" down and mirrored up, ReLU between layers).
+The benchmark trains every learner with CMCL's recipe (:meth:`BaselineConfig.from_recipe`: the
+same likelihood, initialisation, input standardisation, batch size, epochs, learning-rate and
+width rules, and KL weight), so the comparison differs only in the objective. The objectives
+are written here with plain torch because no maintained library ships
 these five behind one small API.
 """
 
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmcl_core.config import CMCLConfig
-from cmcl_core.nets import ConvDecoder, ConvEncoder
+from cmcl_core.nets import ConvDecoder, ConvEncoder, input_stats
+from cmcl_core.network import posterior_widths
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ class BaselineConfig:
             Bernoulli term too weak against the KL term and the posterior collapses).
         base_channels: first conv stage width (CMCL's default, Appendix D.3: 16/32/64).
         max_channels: cap on the conv widths (CMCL's default).
+        kl_weight: weight of the KL term (beta-VAE's ``beta`` multiplies it).
+        he_init: He-normal initialisation of the conv encoder and decoder.
+        standardize_images: the encoder standardises its input by the training images'
+            per-pixel mean and global std.
     """
 
     epochs: int = 30
@@ -68,6 +75,31 @@ class BaselineConfig:
     gaussian_sigma: float | None = None
     base_channels: int = CMCLConfig.base_channels
     max_channels: int = CMCLConfig.max_channels
+    kl_weight: float = 1.0
+    he_init: bool = False
+    standardize_images: bool = False
+
+    @classmethod
+    def from_recipe(cls, recipe: CMCLConfig, latent_dim: int) -> BaselineConfig:
+        """CMCL's training recipe for a learner of ``latent_dim`` latents.
+
+        Likelihood, initialisation, input standardisation, batch size, epochs, the
+        learning-rate rule (``CMCLConfig.learning_rate``), the width rule of the posterior MLP
+        (``posterior_widths``: iVAE's posterior and prior MLPs) and the KL weight of CMCL's
+        causal-representation ELBO (``beta_cm``) all come from ``recipe``.
+        """
+        return cls(
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.learning_rate(latent_dim),
+            hidden=posterior_widths(recipe, latent_dim)[0],
+            gaussian_sigma=recipe.gaussian_sigma if recipe.likelihood == "gaussian" else None,
+            base_channels=recipe.base_channels,
+            max_channels=recipe.max_channels,
+            kl_weight=recipe.beta_cm,
+            he_init=recipe.he_init,
+            standardize_images=recipe.standardize_images,
+        )
 
 
 def _mlp(d_in: int, d_out: int, hidden: int, n_hidden: int = 2) -> nn.Sequential:
@@ -100,10 +132,11 @@ class _VAENet(nn.Module):
         super().__init__()
         self.kind, self.m = kind, m
         conditional = kind == "ivae"
-        hw, widths = (image_size, image_size), (cfg.base_channels, cfg.max_channels)
+        hw = (image_size, image_size)
+        conv = dict(base_channels=cfg.base_channels, max_channels=cfg.max_channels, he=cfg.he_init)
         # The iVAE uses the conv encoder's mean head as a feature vector for q(z | x, u).
-        self.encoder = ConvEncoder(channels_in, hw, cfg.hidden if conditional else m, *widths)
-        self.decoder = ConvDecoder(m, channels_in, hw, *widths)
+        self.encoder = ConvEncoder(channels_in, hw, cfg.hidden if conditional else m, **conv)
+        self.decoder = ConvDecoder(m, channels_in, hw, **conv)
         if conditional:
             # q(z | x, u): image features and u through an MLP (ilkhem/iVAE uses an MLP on [x, u]).
             self.post = _mlp(cfg.hidden + d, 2 * m, cfg.hidden)
@@ -197,6 +230,8 @@ class TwoStageLearner:
         n, c, h, _ = images.shape
         self.u_mean_, self.u_std_ = u.mean(0), u.std(0) + 1e-6
         net = _VAENet(self.kind, h, c, self.latent_dim, u.shape[1], cfg).to(dev)
+        if cfg.standardize_images:  # as CMCL's encoder
+            net.encoder.set_input_stats(*input_stats(images, self.seed))
         vae_params = [p for name, p in net.named_parameters() if not name.startswith("disc.")]
         opt = torch.optim.Adam(vae_params, lr=cfg.lr)
         opt_d = torch.optim.Adam(net.disc.parameters(), lr=1e-4) if hasattr(net, "disc") else None
@@ -244,7 +279,7 @@ class TwoStageLearner:
             kl = _kl_gauss(mu, logvar, zeros, zeros)
             if self.kind == "betavae":
                 kl = cfg.beta * kl
-        loss = (rec + kl).mean()
+        loss = (rec + cfg.kl_weight * kl).mean()
         if self.kind == "factorvae":
             d_logits = net.disc(z)  # [b, m] -> [b, 2]; TC ~ E[log D(z) - log(1 - D(z))]
             loss = loss + cfg.gamma * (d_logits[:, 0] - d_logits[:, 1]).mean()

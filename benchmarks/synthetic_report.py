@@ -20,25 +20,23 @@ PAPER_TABLE1 = {
     "ivae": {"3/10": 47.2, "5/10": 48.9, "8/16": 43.6, "10/20": 45.7},
     "tcvae": {"3/10": 40.6, "5/10": 23.4, "8/16": 14.2, "10/20": 13.8},
 }
-# Paper, Table 2 at 20/40: (SHD, TPR, FPR, FDR).
-PAPER_TABLE2 = {
-    "cmcl_neither": (12.32, 0.32, 0.028, 0.56),
-    "cmcl_nocr": (7.76, 0.53, 0.013, 0.35),  # CM only
-    "cmcl_nocm": (11.75, 0.36, 0.022, 0.51),  # CR only
-    "cmcl": (4.81, 0.77, 0.000, 0.00),
-}
+# Paper, Table 2 at 20/40, the full model as written (CM + CR): (SHD, TPR, FPR, FDR).
+PAPER_FULL_MODEL = (4.81, 0.77, 0.000, 0.00)
 ABLATION_LABELS = {
-    "cmcl_neither": "neither",
-    "cmcl_nocr": "CM only",
-    "cmcl_nocm": "CR only",
-    "cmcl": "CM + CR (full)",
+    "cmcl_paper": "paper's model as written (no rotation, joint DAG, no orientation)",
+    "cmcl_paper_rot": "+ sparse rotation",
+    "cmcl_paper_rot_refit": "+ rotation + final DAG solve",
+    "cmcl": "+ rotation + final solve + orientation (CMCL as shipped)",
+    "cmcl_norot": "CMCL - rotation",
+    "cmcl_nocm": "CMCL - CM module (and so - rotation)",
+    "cmcl_nocr": "CMCL - CR regulariser",
+    "vae_rot": "VAE + rotation",
+    "betavae_rot": "beta-VAE + rotation",
+    "ivae_rot": "iVAE + rotation",
 }
 GRAPH_METRICS = ("shd", "tpr", "fpr", "fdr")
 METHOD_ORDER = (
     "cmcl",
-    "cmcl_nocr",
-    "cmcl_nocm",
-    "cmcl_neither",
     "vae",
     "betavae",
     "ivae",
@@ -46,6 +44,11 @@ METHOD_ORDER = (
     "factorvae",
     "pca",
     "oracle",
+)
+SPLITS = (
+    ("tuning", "Tuning seeds 0-4 (the defaults were chosen on these)"),
+    ("held-out", "Held-out seeds 10-14 (never used to choose anything)"),
+    ("other", "Other seeds"),
 )
 
 
@@ -61,11 +64,17 @@ def _group(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def _fmt(values: list[float], digits: int) -> str:
+def _fmt(values: list[float], digits: int, each: bool = False) -> str:
+    """mean ± std (count); with ``each`` every seed's value too, in seed order."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
         return "-"
-    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f} ({v.size})"
+    text = f"{v.mean():.{digits}f} ± {v.std():.{digits}f} ({v.size})"
+    return text + " [" + " ".join(f"{x:g}" for x in v) + "]" if each else text
+
+
+def _split(r: dict) -> str:
+    return r.get("split", "other")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -78,19 +87,73 @@ def _commands(recs: list[dict]) -> list[str]:
     return [f"- `{c}`" for c in sorted({r.get("command", "?") for r in recs})]
 
 
-def markdown(results: dict) -> str:
-    """The report text: Figure 2 metrics, Table 1 (MIC, MCC), Table 2 (ablation), timings."""
-    failed = [r for r in results["records"] if "error" in r]
-    records = [r for r in results["records"] if "error" not in r]
+def _split_tables(records: list[dict]) -> list[str]:
+    """Figure 2 metrics, Table 1 (MIC) and MCC of the main methods over ``records``."""
     groups = _group(records)
     settings = sorted({r["setting"] for r in records}, key=_setting_key)
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
+    if not methods:
+        return []
+    lines: list[str] = []
+    for metric in GRAPH_METRICS:
+        digits, each = (1, True) if metric == "shd" else (3, False)
+        rows = [
+            [s] + [_fmt([r[metric] for r in groups.get((s, m), [])], digits, each) for m in methods]
+            for s in settings
+        ]
+        title = f"{metric.upper()}" + (" (each seed's value in brackets)" if each else "")
+        lines += ["", f"#### {title}", "", *_table(["setting", *methods], rows)]
+    lines += ["", "#### MIC (x100) of matched latents — ours [paper Table 1, where it has it]", ""]
+    rows = []
+    for s in settings:
+        row = [s]
+        for m in methods:
+            paper = PAPER_TABLE1.get(m, {}).get(s)
+            cell = _fmt([r["mic"] for r in groups.get((s, m), [])], 1)
+            row.append(cell + (f" [{paper}]" if paper is not None else ""))
+        rows.append(row)
+    lines += _table(["setting", *methods], rows)
+    lines += ["", "#### MCC (mean |Spearman| after Hungarian matching)", ""]
+    rows = [
+        [s] + [_fmt([r["mcc"] for r in groups.get((s, m), [])], 3) for m in methods]
+        for s in settings
+    ]
+    return lines + _table(["setting", *methods], rows)
+
+
+def _ablation_tables(records: list[dict]) -> list[str]:
+    """One table per setting: every ablation variant present, SHD with each seed's value."""
+    groups = _group(records)
+    lines: list[str] = []
+    for s in sorted({r["setting"] for r in records}, key=_setting_key):
+        variants = [m for m in ABLATION_LABELS if groups.get((s, m))]
+        if len(variants) < 2:
+            continue
+        rows = []
+        for m in variants:
+            recs = groups[(s, m)]
+            row = [ABLATION_LABELS[m], f"`{m}`"]
+            row += [_fmt([r[k] for r in recs], 1 if k == "shd" else 3, k == "shd") for k in
+                    (*GRAPH_METRICS, "mcc")]  # fmt: skip
+            rows.append(row)
+        lines += ["", f"#### Ablation at {s}", ""]
+        lines += _table(["variant", "method", "SHD", "TPR", "FPR", "FDR", "MCC"], rows)
+        if s == "20/40":
+            lines.append(f"\nPaper, Table 2 (full model as written): {PAPER_FULL_MODEL}.")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The report text: for each seed group the graph metrics, MIC and MCC, then ablations."""
+    failed = [r for r in results["records"] if "error" in r]
+    records = [r for r in results["records"] if "error" not in r]
     protocols = sorted({(r["n"], r["image_size"], r["epochs"]) for r in records}, key=str)
     lines = [
         "# Synthetic benchmark (paper Section 4.1, Appendix E.2)",
         "",
-        "Cells are mean ± std over seeds (number of seeds in brackets). Protocols "
-        "(n, image size, epochs; None = method default): " + ", ".join(map(str, protocols)),
+        "Every method is trained with one recipe and solved with one structure step "
+        "(`benchmarks/paper_synthetic.py`). Cells are mean ± std over seeds (number of seeds "
+        "in brackets). Protocols (n, image size, epochs): " + ", ".join(map(str, protocols)),
         f"Wall time of the benchmark runs (summed over runs and parallel processes): "
         f"{results['meta']['wall_s_total']:.0f} s.",
         "",
@@ -104,49 +167,15 @@ def markdown(results: dict) -> str:
         "",
         *(["", "Failed cells (not in the tables):"] if failed else []),
         *[f"- {r['setting']} seed {r['seed']} {r['method']}: {r['error']}" for r in failed],
-        "",
-        "## Figure 2: DAG recovery (SHD, TPR, FPR, FDR after MIC matching of latents)",
     ]
-    for metric in GRAPH_METRICS:
-        digits = 1 if metric == "shd" else 3
-        rows = [
-            [s] + [_fmt([r[metric] for r in groups.get((s, m), [])], digits) for m in methods]
-            for s in settings
-        ]
-        lines += ["", f"### {metric.upper()}", "", *_table(["setting", *methods], rows)]
-    t1_methods = [m for m in methods if not m.startswith("cmcl_")]
-    lines += [
-        "",
-        "## Table 1: MIC (x100) of matched latents — ours [paper, where Table 1 has it]",
-        "",
-    ]
-    rows = []
-    for s in settings:
-        row = [s]
-        for m in t1_methods:
-            paper = PAPER_TABLE1.get(m, {}).get(s)
-            cell = _fmt([r["mic"] for r in groups.get((s, m), [])], 1)
-            row.append(cell + (f" [{paper}]" if paper is not None else ""))
-        rows.append(row)
-    lines += _table(["setting", *t1_methods], rows)
-    lines += ["", "## MCC (mean |Spearman| after Hungarian matching)", ""]
-    rows = [
-        [s] + [_fmt([r["mcc"] for r in groups.get((s, m), [])], 3) for m in methods]
-        for s in settings
-    ]
-    lines += _table(["setting", *methods], rows)
-    abl = [m for m in ABLATION_LABELS if groups.get(("20/40", m))]
-    if abl:
-        lines += ["", "## Table 2: ablation at 20/40 — ours [paper]", ""]
-        rows = []
-        for m in abl:
-            row = [ABLATION_LABELS[m]]
-            for k, metric in enumerate(GRAPH_METRICS):
-                digits = 1 if metric == "shd" else 3
-                cell = _fmt([r[metric] for r in groups[("20/40", m)]], digits)
-                row.append(f"{cell} [{PAPER_TABLE2[m][k]}]")
-            rows.append(row)
-        lines += _table(["variant", "SHD", "TPR", "FPR", "FDR"], rows)
+    for split, title in SPLITS:
+        recs = [r for r in records if _split(r) == split]
+        tables = _split_tables(recs)
+        ablations = _ablation_tables(recs)
+        if tables or ablations:
+            lines += ["", f"## {title}", *(["", "### Methods"] + tables if tables else [])]
+            lines += ["", "### Ablations", *ablations] if ablations else []
+    methods = sorted({r["method"] for r in records})
     lines += [
         "",
         "## Time per cell (s): whole fit, one representation epoch, two-stage DAG stage",

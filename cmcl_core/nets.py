@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +57,19 @@ def mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
         prev = width
     layers.append(nn.Linear(prev, n_out))
     return nn.Sequential(*layers)
+
+
+def input_stats(images: np.ndarray, seed: int, max_rows: int = 2000) -> tuple[torch.Tensor, float]:
+    """Per-pixel mean [C, H, W] and global std of ``images`` [n, C, H, W] (a fixed subsample of
+    ``max_rows`` when larger): the encoder's input standardisation (``set_input_stats``)."""
+    n = images.shape[0]
+    rows = np.arange(n)
+    if n > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+    x = np.asarray(images[rows], dtype=np.float64)  # [r, C, H, W]
+    shift = x.mean(0)
+    scale = float((x - shift).std()) or 1.0
+    return torch.as_tensor(shift, dtype=torch.float32), scale
 
 
 def he_init(module: nn.Module) -> None:

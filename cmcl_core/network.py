@@ -28,6 +28,7 @@ from cmcl_core.nets import (
     EncoderModule,
     Posterior,
     UFeatures,
+    input_stats,
     mlp,
 )
 from cmcl_core.variables import UEncoding, VariableType
@@ -154,16 +155,9 @@ class CMCLNetwork(nn.Module):
         u_raw = torch.as_tensor(np.asarray(u[idx], dtype=np.float32), device=dev)
         return x, u_raw, self.dag_inputs(u_raw.cpu().numpy())
 
-    def set_input_stats(self, images: np.ndarray, seed: int, max_rows: int = 2000) -> None:
-        """Per-pixel mean and global std of the images (a fixed subsample when large)."""
-        n = images.shape[0]
-        rows = np.arange(n)
-        if n > max_rows:
-            rows = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
-        x = np.asarray(images[rows], dtype=np.float64)  # [r, C, H, W]
-        shift = x.mean(0)
-        scale = float((x - shift).std()) or 1.0
-        self.encoder.set_input_stats(torch.as_tensor(shift, dtype=torch.float32), scale)
+    def set_input_stats(self, images: np.ndarray, seed: int) -> None:
+        """Standardise the encoder's input by the training images' statistics."""
+        self.encoder.set_input_stats(*input_stats(images, seed))
 
     # ------------------------------------------------------------------ inference
     def encoder_module(self) -> EncoderModule:

@@ -103,19 +103,26 @@ def rewritten_parameters(net: CMCLNetwork) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
-    """Whiten the posterior means and rotate them to the decoder's sparsest basis.
+def sparse_basis(
+    decoder: nn.Module, z_means: np.ndarray | torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The affine map ``z' = A z + b`` to whitened latents in the decoder's sparsest basis.
+
+    Any decoder of latents to image logits works (CMCL's during training, a two-stage
+    baseline's after it): the posterior means are whitened (``C = L L^T``) and rotated by the
+    orthogonal ``R`` that minimises the L1 norm of the decoder's Jacobian.
 
     Args:
-        net: the network being trained (CM module on).
+        decoder: ``z [k, m] -> logits [k, C, H, W]``.
         z_means: [k, m] posterior means E[z | x, u] of the rows that estimate the mean, the
-            covariance and the decoder's Jacobian.
+            covariance and the decoder's Jacobian (its first ``ROTATION_POINTS`` rows).
         seed: seed of the rotation search.
 
     Returns:
-        The relative drop of the Jacobian L1 norm achieved by the rotation.
+        ``(A [m, m], b [m], gain)`` in float64 on the CPU, ``A = R^T L^{-1}``, ``b = -A mu``;
+        ``gain`` is the relative drop of the Jacobian's L1 norm.
     """
-    dev = net.device
+    dev = next(decoder.parameters()).device
     z = torch.as_tensor(z_means, dtype=torch.float64)  # [k, m]
     m = z.shape[1]
     mu = z.mean(0)
@@ -126,14 +133,31 @@ def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
     L = torch.linalg.cholesky(C)  # z = mu + L w, w white
     pts = z[:ROTATION_POINTS].to(dev, torch.float32)
     step = (0.1 * C.diagonal().sqrt()).to(dev, torch.float32)  # [m]
-    J_z = jacobian_at(net.decoder, pts, step).double().cpu()  # [k, P, m]
+    J_z = jacobian_at(decoder, pts, step).double().cpu()  # [k, P, m]
     J_w = J_z @ L  # Jacobian in whitened coordinates
     with torch.enable_grad():
         R = sparsest_rotation(J_w, seed=seed)
     before = float(J_w.abs().sum())
     after = float((J_w @ R).abs().sum())
     A = R.T @ torch.linalg.inv(L)  # z' = A z + b
-    b = -A @ mu
+    return A, -A @ mu, 1.0 - after / max(before, 1e-12)
+
+
+@torch.no_grad()
+def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
+    """Re-parametrise ``net`` so its latents are whitened and in the decoder's sparsest basis.
+
+    Args:
+        net: the network being trained (CM module on).
+        z_means: [k, m] posterior means E[z | x, u] (see :func:`sparse_basis`).
+        seed: seed of the rotation search.
+
+    Returns:
+        The relative drop of the Jacobian L1 norm achieved by the rotation.
+    """
+    dev = net.device
+    m = net.latent_dim
+    A, b, gain = sparse_basis(net.decoder, z_means, seed)
     A_inv = torch.linalg.inv(A)
     f = dict(device=dev, dtype=torch.float32)
     A_f, b_f, A_inv_f = A.to(**f), b.to(**f), A_inv.to(**f)
@@ -147,4 +171,4 @@ def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
     first = net.classifier[0]  # D reads differences of z: W' = W A^-1
     first.weight.copy_(first.weight @ A_inv_f)
     net.dag.reset_parameters()
-    return 1.0 - after / max(before, 1e-12)
+    return gain

@@ -59,27 +59,33 @@ def _check_cell_and_report(rec: dict, tmp_path) -> None:
         assert np.isfinite(rec[key]), key
     assert rec["epoch_s"] is None or rec["epoch_s"] > 0  # None: no training epochs (pca)
     rec.update(setting="3/10", seed=0, method="vae", command="cmd", n=60, image_size=16, epochs=1)
-    cmcl = dict(rec, method="cmcl", setting="20/40")
-    results = {"meta": {"wall_s_total": 1.0, "runs": []}, "records": [rec, cmcl]}
+    cmcl = dict(rec, method="cmcl", setting="20/40", split="held-out")
+    paper = dict(cmcl, method="cmcl_paper", shd=7.0)
+    results = {"meta": {"wall_s_total": 1.0, "runs": []}, "records": [rec, cmcl, paper]}
     text = markdown(results)
-    assert "## Table 1" in text and "## Table 2" in text and "[4.81]" in text
+    assert "## Tuning seeds" not in text and "## Held-out seeds" in text and "## Other" in text
+    assert "#### Ablation at 20/40" in text and "4.81" in text and "[7]" in text
     write_report(results, tmp_path)
     assert (tmp_path / "figure2.png").stat().st_size > 1000
 
 
+TINY = ps.recipe(1, base_channels=4, max_channels=8, batch_size=16)
+
+
 @pytest.mark.parametrize("method", ["vae", "pca"])
 def test_two_stage_cell_passes_mask_and_types(method, tmp_path, monkeypatch) -> None:
-    """The DAG learner gets [u, standardised z_hat], the bipartite mask and the u types."""
+    """The structure step gets [u, standardised z_hat], the bipartite mask, the u types and
+    the recipe."""
     data = _fake_data()
     seen = {}
 
-    def fake_learn_dag(X, var_types, allowed, seed, device):
-        seen.update(X=X, var_types=var_types, allowed=allowed)
+    def fake_solve(X, var_types, allowed, seed, cfg):
+        seen.update(X=X, var_types=var_types, allowed=allowed, cfg=cfg)
         return np.zeros((4, 4))
 
-    monkeypatch.setattr(ps, "learn_dag", fake_learn_dag)
-    rec = ps.run_cell(data, method, seed=0, epochs=1, device="cpu")
-    assert seen["X"].shape == (60, 4)
+    monkeypatch.setattr(ps, "solve_structure", fake_solve)
+    rec = ps.run_cell(data, method, seed=0, base=TINY, device="cpu")
+    assert seen["X"].shape == (60, 4) and seen["cfg"] is TINY
     np.testing.assert_allclose(seen["X"][:, :2], data.u, rtol=1e-6)
     np.testing.assert_allclose(seen["X"][:, 2:].std(0), 1.0, rtol=1e-3)
     assert seen["var_types"] == ["continuous"] * 4
@@ -89,10 +95,67 @@ def test_two_stage_cell_passes_mask_and_types(method, tmp_path, monkeypatch) -> 
 
 
 @pytest.mark.slow
-def test_two_stage_cell_with_real_dag_learner(tmp_path) -> None:
-    cheap = {"max_iter": 3, "lbfgs_max_iter": 30}
-    rec = ps.run_cell(_fake_data(), "ivae", seed=0, epochs=1, device="cpu", dag_kwargs=cheap)
-    _check_cell_and_report(rec, tmp_path)
+def test_every_method_trains_and_solves_with_the_one_recipe(monkeypatch) -> None:
+    """CMCL and every two-stage learner: the same structure-step settings (the recipe object
+    itself), the same epochs, batch, likelihood, init, standardisation, rate and width rules."""
+    import cmcl_core.training
+    from benchmarks import baselines
+
+    solved, learners = {}, []
+    real_solve = ps.solve_structure
+
+    def recording_solve(X, var_types, allowed, seed, cfg):
+        solved[len(solved)] = cfg
+        return real_solve(X, var_types, allowed, seed, cfg)
+
+    class RecordingLearner(baselines.TwoStageLearner):
+        def fit(self, images, u):
+            learners.append(self)
+            return super().fit(images, u)
+
+    monkeypatch.setattr(ps, "solve_structure", recording_solve)
+    monkeypatch.setattr(cmcl_core.training, "solve_structure", recording_solve)
+    monkeypatch.setattr(ps, "TwoStageLearner", RecordingLearner)
+    methods = ["cmcl", "vae", "betavae", "ivae", "ivae_rot", "pca", "oracle"]
+    records = {m: ps.run_cell(_fake_data(), m, seed=0, base=TINY, device="cpu") for m in methods}
+    assert len(solved) == len(methods)
+    for cfg in solved.values():  # one structure step: lambda1, threshold, orientation, ...
+        assert cfg == TINY
+    m = 2
+    assert records["cmcl"]["epochs_run"] == TINY.epochs
+    for learner in learners:
+        cfg = learner.config
+        assert len(learner.history_) == TINY.epochs == cfg.epochs
+        assert cfg.batch_size == TINY.batch_size and cfg.lr == TINY.learning_rate(m)
+        assert cfg.gaussian_sigma == TINY.gaussian_sigma and TINY.likelihood == "gaussian"
+        assert cfg.he_init is TINY.he_init is True
+        assert cfg.standardize_images is TINY.standardize_images is True
+        assert cfg.hidden == max(50, 6 * m) and cfg.kl_weight == TINY.beta_cm
+        assert (cfg.base_channels, cfg.max_channels) == (TINY.base_channels, TINY.max_channels)
+        assert float(learner.net_.encoder.x_scale) != 1.0  # the input was standardised
+    assert "rotation_gain" in records["ivae_rot"]
+
+
+def test_ablation_variants_change_one_part_each() -> None:
+    base = ps.recipe(40)
+    paper = ps.variant_config(base, "cmcl_paper")
+    assert (paper.rotate_every, paper.refit_dag, paper.orient_edges) == (0, False, False)
+    rot = ps.variant_config(base, "cmcl_paper_rot")
+    assert rot.rotate_every == base.rotate_every and not rot.refit_dag
+    assert rot.rotate_until == 40 - ps.JOINT_DAG_EPOCHS  # the joint DAG settles after it
+    refit = ps.variant_config(base, "cmcl_paper_rot_refit")
+    assert refit.refit_dag and not refit.orient_edges and refit.rotate_until == base.rotate_until
+    assert ps.variant_config(base, "cmcl") == base
+    nocm = ps.variant_config(base, "cmcl_nocm")
+    assert not nocm.use_cm and nocm.rotate_every == 0 and nocm.refit_dag and nocm.orient_edges
+    assert ps.variant_config(base, "cmcl_nocr").use_cr is False
+    assert (base.epochs, base.min_epochs, base.val_fraction) == (40, 40, 0.0)
+
+
+def test_seed_groups() -> None:
+    assert [ps.seed_split(s) for s in (0, 4, 10, 14, 7)] == [
+        "tuning", "tuning", "held-out", "held-out", "other"
+    ]  # fmt: skip
 
 
 def test_resume_refuses_to_overwrite(tmp_path) -> None:
@@ -110,14 +173,10 @@ def test_resume_refuses_a_different_protocol(tmp_path) -> None:
         ps.main(["--out", str(tmp_path), "--resume", "--n", "60", "--methods", "vae"])
 
 
-def test_ablations_only_at_the_ablation_setting() -> None:
-    assert ps._applies("cmcl_nocm", "20/40") and not ps._applies("cmcl_nocm", "4/10")
-    assert ps._applies("ivae", "4/10") and ps._applies("cmcl", "1/10")
-
-
 def test_cli_defaults_and_quick() -> None:
     full = ps.parse_args([])
-    assert "oracle" not in full.methods and "cmcl_nocm" in full.methods and "ivae" in full.methods
+    assert "oracle" not in full.methods and "cmcl_nocm" not in full.methods
+    assert "ivae" in full.methods and "pca" in full.methods and full.epochs == 40
     assert len(full.seeds) == 5 and "20/40" in full.settings and full.image_size == 32
     quick = ps.parse_args(["--quick"])
     assert quick.settings == ["4/10"] and quick.seeds == [0] and quick.methods == ["cmcl", "ivae"]
