@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -515,15 +515,9 @@ def learn_dag(
     return threshold_dag(W, cfg.w_threshold)
 
 
-def _primal_solve(
-    model: NotearsMLP, X: Tensor, cfg: DagConfig, constraint: AugmentedLagrangian
-) -> int:
-    """Minimise the augmented Lagrangian at fixed (rho, alpha) with L-BFGS; returns #evaluations.
-
-    Objective: ``loss + 0.5 rho h^2 + alpha h + 0.5 lambda2 l2 + lambda1 l1_smooth``.
-    """
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.LBFGS(
+def lbfgs(params: Iterable[nn.Parameter], cfg: DagConfig) -> torch.optim.LBFGS:
+    """The primal solver of the augmented Lagrangian: L-BFGS with a strong-Wolfe line search."""
+    return torch.optim.LBFGS(
         params,
         lr=1.0,
         max_iter=cfg.lbfgs_max_iter,
@@ -532,6 +526,33 @@ def _primal_solve(
         tolerance_change=cfg.lbfgs_tol,
         line_search_fn="strong_wolfe",
     )
+
+
+def fit_fixed_graph(model: nn.Module, objective: Callable[[], Tensor], max_iter: int) -> None:
+    """Minimise ``objective()`` over ``model``'s parameters with L-BFGS (strong Wolfe, history
+    20): the causal functions of a graph that is already fixed (no acyclicity term)."""
+    opt = torch.optim.LBFGS(
+        model.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def _primal_solve(
+    model: NotearsMLP, X: Tensor, cfg: DagConfig, constraint: AugmentedLagrangian
+) -> int:
+    """Minimise the augmented Lagrangian at fixed (rho, alpha) with L-BFGS; returns #evaluations.
+
+    Objective: ``loss + 0.5 rho h^2 + alpha h + 0.5 lambda2 l2 + lambda1 l1_smooth``.
+    """
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = lbfgs(params, cfg)
     n_evals = 0
 
     def closure() -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmcl_core.acyclicity import h_expm_sq, h_logdet_sq
-from cmcl_core.dag import DagConfig, NotearsMLP, prepare_data
+from cmcl_core.dag import DagConfig, NotearsMLP, lbfgs, prepare_data
 from cmcl_core.graph import threshold_dag
 
 
@@ -171,15 +171,7 @@ def _primal_solve(
     """One L-BFGS solve of the augmented Lagrangians of the live problems (the others are
     weighted 0, so their gradient is 0 and they do not move)."""
     params = list(batch.parameters())
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=cfg.lbfgs_max_iter,
-        history_size=cfg.lbfgs_history,
-        tolerance_grad=cfg.lbfgs_tol,
-        tolerance_change=cfg.lbfgs_tol,
-        line_search_fn="strong_wolfe",
-    )
+    opt = lbfgs(params, cfg)
     weight = live.to(X.dtype)
 
     def closure() -> Tensor:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from cmcl_core.dag import NotearsMLP, prepare_data
+from cmcl_core.dag import NotearsMLP, fit_fixed_graph, prepare_data
 from cmcl_core.dag_batch import NotearsBatch
 from cmcl_core.graph import is_dag
 
@@ -80,17 +80,7 @@ def local_scores(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = NotearsMLP(types, hidden, mask, levels).to(device=X.device, dtype=X.dtype)
-    opt = torch.optim.LBFGS(
-        model.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = model.loss(Xa) + 0.5 * lambda2 * model.l2_penalty()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    fit_fixed_graph(model, lambda: model.loss(Xa) + 0.5 * lambda2 * model.l2_penalty(), max_iter)
     with torch.no_grad():
         nll = model.link_losses(Xa, log_mse=True)[p:]  # [k]
     return dict(zip(regressions, nll.tolist(), strict=True))
@@ -260,17 +250,11 @@ def local_scores_batch(
     with torch.random.fork_rng(devices=[]):
         template = NotearsMLP(types, hidden, mask, levels).to(dtype=Xs.dtype)
     batch = NotearsBatch(template, [seed] * B).to(dtype=Xs.dtype)
-    opt = torch.optim.LBFGS(
-        batch.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    fit_fixed_graph(
+        batch,
+        lambda: (batch.link_losses(Xa).sum(1) + 0.5 * lambda2 * batch.l2_penalty()).sum(),
+        max_iter,
     )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = (batch.link_losses(Xa).sum(1) + 0.5 * lambda2 * batch.l2_penalty()).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
     with torch.no_grad():
         return batch.link_losses(Xa, log_mse=True)[:, p:].numpy()  # [B, k]
 

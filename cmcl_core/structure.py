@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cmcl_core.config import CMCLConfig
-from cmcl_core.dag import NotearsMLP, learn_dag
+from cmcl_core.dag import NotearsMLP, fit_fixed_graph, learn_dag
 from cmcl_core.orientation import orient_edges
 from cmcl_core.variables import VariableType
 
@@ -110,15 +110,5 @@ def refit_functions(
         The fitted NOTEARS-MLP in eval mode.
     """
     dag = NotearsMLP(list(var_types), hidden, graph != 0, list(n_levels)).to(X.device)
-    opt = torch.optim.LBFGS(
-        dag.parameters(), max_iter=200, history_size=20, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = dag.loss(X) + 0.5 * lambda2 * dag.l2_penalty()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    fit_fixed_graph(dag, lambda: dag.loss(X) + 0.5 * lambda2 * dag.l2_penalty(), max_iter=200)
     return dag.eval()
