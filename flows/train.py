@@ -204,7 +204,9 @@ def cmcl_flow(config: str) -> dict[str, Any]:
         run.fingerprint = data_fingerprint(cohort)
         images = load_images_task(cfg, cohort, run.work / "images.npy")
         model = train_task(cfg, cohort, images)
+        t_stability = time.perf_counter()
         model.set_stability(assess_stability(cfg, model, run.work / "images.npy", cohort.u))
+        stability_seconds = time.perf_counter() - t_stability
         z = latents_task(model, images, cohort.u)
         exported = export_task(model, images, cohort.u, run.dir)
         model_file = save_model_task(model, run.dir)
@@ -212,6 +214,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
         index = report_task(run.dir, run.id, model, images, cohort.u, metrics)
         artifacts = run_artifacts(run.dir, exported, model_file, index)
         metrics["seconds"] = time.perf_counter() - t0
+        metrics["stability_seconds"] = stability_seconds  # of "seconds"
         write_back_task(run.engine, run.id, model, cohort, z, artifacts, metrics, run.fingerprint)
     seconds = time.perf_counter() - t0
     get_run_logger().info("run %d succeeded in %.1f s; report %s", run.id, seconds, index)

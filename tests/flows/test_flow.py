@@ -87,6 +87,7 @@ def test_flow_writes_a_succeeded_run(flow_run):
     assert names[-3:] == ["z0", "z1", "z2"]
     metrics = run["metrics"]
     assert metrics["training"]["epochs"] == TINY_MODEL["epochs"]
+    assert 0.0 < metrics["stability_seconds"] < metrics["seconds"]  # resampling is on
     assert metrics["onnx"]["onnx_encoder_max_abs_diff"] <= 1e-4
     assert metrics["onnx"]["onnx_decoder_max_abs_diff"] <= 1e-4
     run_dir = Path(cfg.results.report_dir) / f"run-{out['run_id']}"
