@@ -21,9 +21,8 @@ method is fitted on it with **one recipe** (:func:`recipe`, a ``CMCLConfig``):
   pipeline can do) and ``pca`` (the top-m principal components of the pixels).
 
 CMCL trains exactly ``epochs`` epochs on all rows (no validation split, no early stop), as the
-baselines do. Seeds 0-4 are the ones the defaults were tuned on (:data:`TUNING_SEEDS`); seeds
-10-14 (:data:`HELD_OUT_SEEDS`) were never used to choose anything, and the report keeps the two
-apart.
+baselines do. Seeds 0-4 are the ones the defaults were tuned on; seeds 10-14 were never
+used to choose anything, and the report keeps the two apart.
 
 Estimated latents are matched to the true ones by MIC with the Hungarian assignment (the
 paper's protocol, Section 4.1) and the latent block of the estimated adjacency is permuted by
@@ -58,7 +57,7 @@ import numpy as np
 import torch
 
 from benchmarks.baselines import BASELINES, BaselineConfig, TwoStageLearner
-from benchmarks.synthetic_report import write_report
+from benchmarks.synthetic_report import seed_split, write_report
 from cmcl_core.config import CMCLConfig
 from cmcl_core.graph import bipartite_mask
 from cmcl_core.metrics import count_accuracy, mcc, mic, mic_matched
@@ -70,8 +69,6 @@ logger = logging.getLogger("benchmarks.paper_synthetic")
 FIG2_SETTINGS = ("1/10", "4/10", "6/12", "8/16", "10/20", "12/24", "20/40")
 TABLE1_SETTINGS = ("3/10", "5/10", "8/16", "10/20")
 ALL_SETTINGS = tuple(dict.fromkeys(FIG2_SETTINGS + TABLE1_SETTINGS))
-TUNING_SEEDS = (0, 1, 2, 3, 4)
-HELD_OUT_SEEDS = (10, 11, 12, 13, 14)
 # Ablations: method -> CMCLConfig changes to the recipe (one part at a time; see the docstring).
 CMCL_VARIANTS: dict[str, dict] = {
     "cmcl": {},
@@ -236,13 +233,6 @@ def run_cell(
     rep_s = info.get("rep_s", fit_s)
     rec["epoch_s"] = rep_s / info["epochs_run"] if info.get("epochs_run") else None
     return rec
-
-
-def seed_split(seed: int) -> str:
-    """``tuning`` (the defaults were chosen on it), ``held-out`` or ``other``."""
-    if seed in TUNING_SEEDS:
-        return "tuning"
-    return "held-out" if seed in HELD_OUT_SEEDS else "other"
 
 
 def _load(path: Path) -> dict:
