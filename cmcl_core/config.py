@@ -104,6 +104,11 @@ class CMCLConfig:
             likelihood (``cmcl_core.orientation``). Needs ``refit_dag``.
         refit_dag_max_samples: subsample for that solve (it is super-linear in n).
         num_threads: torch CPU threads during fit (None: torch's default).
+        precision: ``"fp32"``, or mixed precision ``"bf16"`` / ``"fp16"`` (autocast on the
+            representation modules; a gradient scaler for fp16); the DAG, the final structure
+            solve and the orientation stay in float32 (``cmcl_core.device``).
+        deterministic: on CUDA, ask for deterministic kernels at a cost in speed (CPU training
+            is deterministic anyway); GPU runs are seeded either way.
     """
 
     embed_dim: int | None = None
@@ -159,6 +164,8 @@ class CMCLConfig:
     orient_edges: bool = True
     refit_dag_max_samples: int = 2000
     num_threads: int | None = None
+    precision: str = "fp32"
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         problems = self._type_problems()
@@ -199,6 +206,10 @@ class CMCLConfig:
             problems.append("decoder_sparsity must be >= 0, sparsity_samples/dims >= 1")
         if self.w_threshold < 0:
             problems.append("w_threshold must be >= 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            problems.append(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            problems.append("num_threads must be >= 1 or null")
         if problems:
             raise ValueError("Invalid CMCLConfig: " + "; ".join(problems) + ".")
 

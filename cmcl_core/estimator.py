@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cmcl_core.config import CMCLConfig
+from cmcl_core.device import Cohort, torch_settings
 from cmcl_core.edges import Edge, Orientation, Role, Stability, edge_table, knowledge_mask
 from cmcl_core.graph import bipartite_mask, edge_list, node_names, topological_order
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
@@ -188,6 +189,8 @@ class CMCL:
         orient_edges: bool = True,
         refit_dag_max_samples: int = 2000,
         num_threads: int | None = None,
+        precision: str = "fp32",
+        deterministic: bool = False,
         device: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -284,18 +287,16 @@ class CMCL:
         base = ~np.eye(d + m, dtype=bool) if cfg.allow_all_edges else bipartite_mask(d, m)
         device = _default_device(self.device)
         image_shape = tuple(int(s) for s in images.shape[1:])
-        threads = torch.get_num_threads()
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                net = CMCLNetwork(cfg, m, image_shape, encoding, base & knowledge).to(device)
-                if cfg.standardize_images:
-                    net.set_input_stats(images, self.seed)
-                result = fit_network(net, cfg, images, u, self.seed, callback)
-        finally:
-            torch.set_num_threads(threads)
+        with (
+            torch_settings(device, cfg.num_threads, cfg.deterministic),
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
+            torch.manual_seed(self.seed)
+            net = CMCLNetwork(cfg, m, image_shape, encoding, base & knowledge).to(device)
+            if cfg.standardize_images:
+                net.set_input_stats(images, self.seed)
+            cohort = Cohort.for_device(images, device, cfg.precision)
+            result = fit_network(net, cfg, cohort, u, self.seed, callback)
         self._set_fitted(net, cfg, image_shape, device)
         self.u_roles_ = {encoding.names[i]: role for i, role in roles.items()}
         self.knowledge_ = knowledge

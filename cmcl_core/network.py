@@ -19,6 +19,7 @@ from torch import nn
 
 from cmcl_core.config import CMCLConfig
 from cmcl_core.dag import NotearsMLP
+from cmcl_core.device import Cohort
 from cmcl_core.graph import bipartite_mask
 from cmcl_core.nets import (
     ConditionalPrior,
@@ -146,12 +147,18 @@ class CMCLNetwork(nn.Module):
         return out
 
     def batch(
-        self, images: np.ndarray, u: np.ndarray, idx: np.ndarray
+        self, images: np.ndarray | Cohort, u: np.ndarray, idx: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows ``idx`` as tensors on the device: (images, raw u, DAG inputs of u)."""
+        """Rows ``idx`` as float32 tensors on the device: (images, raw u, DAG inputs of u).
+
+        ``images`` is an array (read and copied) or a :class:`~cmcl_core.device.Cohort`
+        (already on the device, or streamed through pinned memory)."""
         idx = np.sort(idx)  # sorted reads are sequential on a memmap
         dev = self.device
-        x = torch.as_tensor(np.asarray(images[idx], dtype=np.float32), device=dev)
+        if isinstance(images, Cohort):
+            x = images.rows(idx)
+        else:
+            x = torch.as_tensor(np.asarray(images[idx], dtype=np.float32), device=dev)
         u_raw = torch.as_tensor(np.asarray(u[idx], dtype=np.float32), device=dev)
         return x, u_raw, self.dag_inputs(u_raw.cpu().numpy())
 
@@ -170,7 +177,7 @@ class CMCLNetwork(nn.Module):
 
     @torch.no_grad()
     def posterior_means(
-        self, images: np.ndarray, u: np.ndarray, idx: np.ndarray | None = None
+        self, images: np.ndarray | Cohort, u: np.ndarray, idx: np.ndarray | None = None
     ) -> np.ndarray:
         """E[z | x, u] for the rows ``idx`` (all when None), in batches: [len(idx), m]."""
         idx = np.arange(len(u)) if idx is None else idx

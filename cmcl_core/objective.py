@@ -17,6 +17,7 @@ import torch
 import cmcl_core.losses as losses
 from cmcl_core.acyclicity import AugmentedLagrangian
 from cmcl_core.config import CMCLConfig
+from cmcl_core.device import float32
 from cmcl_core.network import CMCLNetwork
 
 #: Omega+ (u with a z child), Omega- (u with a z parent), the u -> z child mask [d, m].
@@ -63,26 +64,28 @@ def representation_losses(
         (loss parts, z means [n, m]).
     """
     lik, sig = cfg.likelihood, cfg.gaussian_sigma
-    z0_mu, z0_lv = net.encoder(x)  # [n, C, H, W] -> 2 x [n, e]
+    # Under mixed precision the modules compute in bf16/fp16; every loss term is float32.
+    z0_mu, z0_lv = (t.float() for t in net.encoder(x))  # [n, C, H, W] -> 2 x [n, e]
     z0 = _sample(z0_mu, z0_lv) if sample else z0_mu
     parts: dict[str, torch.Tensor] = {}
     if not cfg.use_cm:  # ablation: z = z0 (the paper flattens z0 as z)
         rec, kl = losses.negative_elbo(
-            net.decoder(z0), x, z0_mu, z0_lv, beta=cfg.beta_embed, likelihood=lik, sigma=sig
+            net.decoder(z0).float(), x, z0_mu, z0_lv, beta=cfg.beta_embed, likelihood=lik, sigma=sig
         )
         parts.update(recon=rec, kl=kl)
         if cfg.decoder_sparsity > 0:
             parts["sparsity"] = cfg.decoder_sparsity * jacobian_penalty(net, cfg, z0_mu, sample)
         return parts, z0_mu
     k = max(1, math.ceil(cfg.embed_recon_fraction * x.shape[0]))
-    rec1 = losses.reconstruction_nll(net.embed_decoder(z0[:k]), x[:k], lik, sig).mean()  # Eq. 6
+    x0 = net.embed_decoder(z0[:k]).float()  # [k, C, H, W]
+    rec1 = losses.reconstruction_nll(x0, x[:k], lik, sig).mean()  # Eq. 6
     kl1 = losses.gaussian_kl(z0_mu, z0_lv).mean()
     u_feat = net.u_features(u_raw)  # [n, d] -> [n, d_feat]
-    z_mu, z_lv = net.posterior(z0_mu, u_feat)  # q(z | z0, u), Eq. 17, on E[z0 | x]
-    p_mu, p_lv = net.prior(u_feat)  # p(z | u), Eq. 18
+    z_mu, z_lv = (t.float() for t in net.posterior(z0_mu, u_feat))  # q(z | z0, u), Eq. 17
+    p_mu, p_lv = (t.float() for t in net.prior(u_feat))  # p(z | u), Eq. 18
     z = _sample(z_mu, z_lv) if sample else z_mu
     rec2, kl2 = losses.negative_elbo(
-        net.decoder(z), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm, likelihood=lik, sigma=sig
+        net.decoder(z).float(), x, z_mu, z_lv, p_mu, p_lv, cfg.beta_cm, likelihood=lik, sigma=sig
     )
     parts.update(recon_embed=rec1, kl_embed=cfg.beta_embed * kl1, recon=rec2, kl=kl2)
     if cfg.decoder_sparsity > 0:
@@ -168,7 +171,7 @@ def cr_step(
     ur, ud = u_raw[:s], u_dag[:s]
     ur_pos, ud_pos = _intervene_batch(u_raw, u_dag, i_pos, donor, s)
     ur_neg, _ = _intervene_batch(u_raw, u_dag, i_neg, donor, s)
-    with torch.no_grad():  # the causal functions are read, not trained, here
+    with torch.no_grad(), float32(dev):  # the causal functions are read in float32
         mean, std = x_recon_z.mean(0), x_recon_z.std(0) + 1e-4  # [m]
         zs = (z - mean) / std  # [s, m]
         out = net.dag.out_start[d:]  # output column of each z
@@ -184,7 +187,7 @@ def cr_step(
         z_t, _ = net.posterior(e_all, net.u_features(u_all))  # [3s, m]
     else:
         z_t = e_all
-    ref, z_pos, z_neg = z_t.chunk(3, 0)
-    logit_pos = net.classifier(z_pos - ref).squeeze(1)  # [s]
-    logit_neg = net.classifier(z_neg - ref).squeeze(1)  # [s]
+    ref, z_pos, z_neg = z_t.float().chunk(3, 0)
+    logit_pos = net.classifier(z_pos - ref).squeeze(1).float()  # [s]
+    logit_neg = net.classifier(z_neg - ref).squeeze(1).float()  # [s]
     return losses.cr_loss(logit_pos, logit_neg)

@@ -28,6 +28,7 @@ import torch
 
 from cmcl_core.acyclicity import AugmentedLagrangian
 from cmcl_core.config import CMCLConfig
+from cmcl_core.device import Cohort, autocast, grad_scaler
 from cmcl_core.graph import threshold_dag
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
 from cmcl_core.objective import (
@@ -123,30 +124,35 @@ def _train_epoch(
     net: CMCLNetwork,
     cfg: CMCLConfig,
     opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     constraint: AugmentedLagrangian,
     batches: list[np.ndarray],
-    data: tuple[np.ndarray, np.ndarray],
+    data: tuple[Cohort, np.ndarray],
     warm: bool,
     step: int,
 ) -> tuple[dict[str, float], int]:
     """One pass of Adam steps on Eq. 14; returns (summed loss parts, the next step number)."""
     images, u = data
+    dev = net.device
     omega = current_omega(net, cfg.w_threshold)
     use_cr = cfg.use_cr and not warm and bool(omega[0]) and bool(omega[1])
     sums: dict[str, float] = defaultdict(float)
     for rows in batches:
         x, u_raw, u_dag = net.batch(images, u, rows)
-        parts, z_mu = representation_losses(net, cfg, x, u_raw)
+        with autocast(cfg.precision, dev):  # mixed precision: the representation modules only
+            parts, z_mu = representation_losses(net, cfg, x, u_raw)
         z_dag = batch_standardise(z_mu.detach() if warm else z_mu)
-        v = torch.cat([u_dag, z_dag], 1)  # V = [u, z], [n, d + m]
-        dag, link = dag_objective(net, cfg, v, constraint)
+        v = torch.cat([u_dag, z_dag], 1)  # V = [u, z], [n, d + m], float32
+        dag, link = dag_objective(net, cfg, v, constraint)  # float32, outside autocast
         total = sum(parts.values()) + cfg.lambda_dag * dag  # Eq. 14 (without CR)
         if use_cr and step % cfg.cr_every == 0:
-            parts["cr"] = cr_step(net, cfg, z_mu, u_raw, u_dag, omega)
+            with autocast(cfg.precision, dev):
+                parts["cr"] = cr_step(net, cfg, z_mu, u_raw, u_dag, omega).float()
             total = total + cfg.lambda_cr * parts["cr"]
         opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        scaler.scale(total).backward()  # fp16: scaled against underflow; else unchanged
+        scaler.step(opt)
+        scaler.update()
         step += 1
         for key, val in parts.items():
             sums[key] += float(val.detach())
@@ -157,14 +163,15 @@ def _train_epoch(
 
 @torch.no_grad()
 def _validation_loss(
-    net: CMCLNetwork, cfg: CMCLConfig, data: tuple[np.ndarray, np.ndarray], idx: np.ndarray
+    net: CMCLNetwork, cfg: CMCLConfig, data: tuple[Cohort, np.ndarray], idx: np.ndarray
 ) -> float:
     """Deterministic validation loss: -L1 - L2 (+ sparsity) + DAG link loss, batch average."""
     images, u = data
     total, count = 0.0, 0
     for start in range(0, len(idx), INFERENCE_BATCH):
         x, u_raw, u_dag = net.batch(images, u, idx[start : start + INFERENCE_BATCH])
-        parts, z_mu = representation_losses(net, cfg, x, u_raw, sample=False)
+        with autocast(cfg.precision, net.device):
+            parts, z_mu = representation_losses(net, cfg, x, u_raw, sample=False)
         if z_mu.shape[0] > 2:
             parts["link"] = net.dag.loss(torch.cat([u_dag, batch_standardise(z_mu)], 1))
         total += float(sum(parts.values())) * x.shape[0]
@@ -173,7 +180,7 @@ def _validation_loss(
 
 
 def _rotate(
-    net: CMCLNetwork, data: tuple[np.ndarray, np.ndarray], train_idx: np.ndarray, epoch: int
+    net: CMCLNetwork, data: tuple[Cohort, np.ndarray], train_idx: np.ndarray, epoch: int
 ) -> None:
     images, u = data
     z = net.posterior_means(images, u, np.sort(train_idx[:ROTATION_ROWS]))
@@ -198,7 +205,7 @@ def _log_epoch(record: dict) -> None:
 def fit_network(
     net: CMCLNetwork,
     cfg: CMCLConfig,
-    images: np.ndarray,
+    images: np.ndarray | Cohort,
     u: np.ndarray,
     seed: int,
     callback: EpochCallback | None = None,
@@ -208,7 +215,8 @@ def fit_network(
     Args:
         net: a freshly built network (input statistics set).
         cfg: the model's settings.
-        images: [n, C, H, W] array in [0, 1] (read per batch; may be memory-mapped).
+        images: [n, C, H, W] array in [0, 1] (read per batch; may be memory-mapped), or a
+            :class:`~cmcl_core.device.Cohort` of it for the network's device.
         u: raw u [n, d].
         seed: seed of the data split, the batch order and the structure step.
         callback: called as ``callback(epoch, record)`` after each epoch.
@@ -221,8 +229,9 @@ def fit_network(
     n_val = int(round(cfg.val_fraction * n)) if cfg.val_fraction > 0 else 0
     perm = rng.permutation(n)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    data = (images, u)
+    data = (Cohort.for_device(images, net.device, cfg.precision), u)
     opt = _optimizer(net, cfg)
+    scaler = grad_scaler(cfg.precision, net.device)
     constraint = AugmentedLagrangian(cfg.rho_init, cfg.rho_mult, cfg.rho_max, cfg.h_shrink)
     stopping = EarlyStopping(cfg.patience, cfg.min_delta)
     history: list[dict] = []
@@ -233,7 +242,7 @@ def fit_network(
         warm = epoch < cfg.dag_warmup_epochs
         order = rng.permutation(train_idx)
         batches = [order[b * bs : (b + 1) * bs] for b in range(len(order) // bs)]
-        sums, step = _train_epoch(net, cfg, opt, constraint, batches, data, warm, step)
+        sums, step = _train_epoch(net, cfg, opt, scaler, constraint, batches, data, warm, step)
         with torch.no_grad():
             h_val = float(net.dag.acyclicity(cfg.acyclicity))
         if not warm:  # NOTEARS dual ascent, once per epoch
@@ -275,7 +284,7 @@ def fit_network(
 def _final_graph(
     net: CMCLNetwork,
     cfg: CMCLConfig,
-    data: tuple[np.ndarray, np.ndarray],
+    data: tuple[Cohort, np.ndarray],
     train_idx: np.ndarray,
     seed: int,
     history: list[dict],

@@ -1,5 +1,9 @@
 """Where fan-out work runs (the config's ``compute:`` section): a Prefect task runner.
 
+Both size themselves to the CPUs the run is given (:func:`run_threads`, :func:`run_workers`:
+the affinity and cgroup quota of :func:`pipeline.cpus.cpu_budget`, unless ``compute.threads``
+/ ``compute.workers`` say otherwise).
+
 * ``local``: a thread pool of ``compute.workers`` threads in the flow's process. The fanned-out
   work (batched torch solves, refits) spends its time in torch kernels, which release the GIL,
   so threads run it in parallel without the start-up cost of worker processes.
@@ -17,21 +21,44 @@ import torch
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.config import ComputeConfig
+from pipeline.cpus import cpu_budget
 from pipeline.errors import ConfigError
 
 SCHEDULER_TIMEOUT_S = 10
 
 
+def run_threads(compute: ComputeConfig) -> int:
+    """Torch intra-op threads for the run: ``compute.threads``, else the CPU budget."""
+    return compute.threads or cpu_budget().cpus
+
+
+def run_workers(compute: ComputeConfig) -> int:
+    """Workers of the fan-out: ``compute.workers``, else one per CPU of the budget."""
+    return compute.workers or cpu_budget().cpus
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Torch's intra-op threads set to ``n`` for the block (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 def task_runner(compute: ComputeConfig) -> TaskRunner[Any]:
     """The task runner of the ``compute`` engine (see the module docstring)."""
+    workers = run_workers(compute)
     if compute.engine == "dask":
         from prefect_dask import DaskTaskRunner  # deferred: dask is heavy and only used here
 
         if compute.address:
             return DaskTaskRunner(address=compute.address)
-        cluster = {"n_workers": compute.workers, "threads_per_worker": 1, "processes": True}
+        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
         return DaskTaskRunner(cluster_kwargs=cluster)
-    return ThreadPoolTaskRunner(max_workers=compute.workers)
+    return ThreadPoolTaskRunner(max_workers=workers)
 
 
 def check_compute(compute: ComputeConfig) -> None:
@@ -58,9 +85,5 @@ def check_compute(compute: ComputeConfig) -> None:
 def single_torch_thread():
     """Torch's intra-op threads pinned to one while work fans out (each unit of work uses
     one thread on every engine, so every engine computes the same floats)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)

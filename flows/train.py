@@ -41,7 +41,7 @@ from prefect.states import State
 from cmcl_core.estimator import CMCL
 from db.errors import UserError
 from db.records import ArtifactRow
-from flows.compute import check_compute
+from flows.compute import check_compute, run_threads, torch_threads
 from flows.run_record import recorded_run
 from flows.stability import assess_stability
 from pipeline.clinical.join import JoinedCohort, join_cohort
@@ -196,7 +196,9 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     pseudonym_key_from_env()  # fail before any work when the key is missing
     check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
     check_stability_settings(cfg)
-    with recorded_run(cfg, device=default_device()) as run:
+    threads = run_threads(cfg.compute)  # the CPUs this run is given, not the host's
+    get_run_logger().info("torch uses %d CPU thread(s)", threads)
+    with torch_threads(threads), recorded_run(cfg, device=default_device()) as run:
         clinical = clinical_task(cfg)  # first: a wrong clinical source costs no ingest
         knowledge_roles(cfg, clinical.u_names)  # unknown names in knowledge, before ingest
         ingested = ingest_task(cfg, run.engine)

@@ -24,6 +24,8 @@ Keys (see ARCHITECTURE.md)::
       effects: [icu_admission]     # follow imaging: no outgoing edge
     stability: {resamples: 20, level: dag}   # dag | full; null turns resampling off
     compute: {engine: local, address: null, workers: 2}   # local | dask (prefect-dask)
+                                   # threads / workers: null (default) sizes them from the
+                                   # CPU affinity and cgroup quota (pipeline/cpus.py)
     seed: 0
 
 Secrets never live in the file: a database URL may reference environment variables as
@@ -143,11 +145,14 @@ class StabilityConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
-    """Where fan-out work runs: local worker processes, or a Dask cluster (prefect-dask)."""
+    """Where fan-out work runs: local worker processes, or a Dask cluster (prefect-dask), and
+    how many CPU threads the run's torch uses. ``threads`` and ``workers`` left null follow
+    the CPUs the run is given (affinity and cgroup quota, :mod:`pipeline.cpus`)."""
 
     engine: Literal["local", "dask"] = "local"
     address: str | None = None  # a Dask scheduler, e.g. tcp://scheduler:8786; None: a LocalCluster
-    workers: int = Field(2, ge=1, le=1024)  # local processes, or LocalCluster workers
+    workers: int | None = Field(None, ge=1, le=1024)  # local threads / LocalCluster workers
+    threads: int | None = Field(None, ge=1, le=1024)  # torch intra-op threads of the run
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> ComputeConfig:

@@ -1,0 +1,49 @@
+"""Tests of flows.compute: threads and workers sized from the CPU budget, overrides, restore."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from flows.compute import run_threads, run_workers, task_runner, torch_threads
+from pipeline.config import ComputeConfig
+from pipeline.cpus import cpu_budget
+
+
+def test_threads_and_workers_follow_the_budget_unless_set():
+    cpus = cpu_budget().cpus
+    assert run_threads(ComputeConfig()) == cpus
+    assert run_workers(ComputeConfig()) == cpus
+    assert run_threads(ComputeConfig(threads=3)) == 3
+    assert run_workers(ComputeConfig(workers=5)) == 5
+    assert task_runner(ComputeConfig(workers=3))._max_workers == 3  # prefect keeps it private
+
+
+def test_threads_must_be_positive():
+    with pytest.raises(ValidationError, match="threads"):
+        ComputeConfig(threads=0)
+
+
+def test_torch_threads_are_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_a_process_restricted_to_one_cpu_gets_one_thread():
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from flows.compute import run_threads; from pipeline.config import ComputeConfig; "
+        "print(run_threads(ComputeConfig()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "1"
