@@ -46,7 +46,8 @@ from pipeline.ingest.catalog import (
 )
 from pipeline.ingest.pull import Listed, pull
 from pipeline.ingest.tally import Tally, TrainingImage, mr_pass, ordered_map, task_for
-from pipeline.pacs.source import PacsSource, open_source
+from pipeline.pacs.connect import open_source
+from pipeline.pacs.source import PacsSource
 
 logger = logging.getLogger(__name__)
 

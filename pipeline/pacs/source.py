@@ -1,7 +1,7 @@
 """What every PACS source offers the puller: a connection check, a search, a retrieve.
 
 ``dicom.source`` names a PACS when it is a DICOMweb base URL (``http://`` or ``https://``) or
-``dimse://AET@host:port``; :func:`open_source` returns the matching client
+``dimse://AET@host:port``; :func:`pipeline.pacs.connect.open_source` returns the matching client
 (:mod:`pipeline.pacs.dicomweb`, :mod:`pipeline.pacs.dimse`). The UIDs a search returns are
 identifying (ARCHITECTURE.md: no original UID leaves the process): :class:`RemoteInstance`
 keeps them out of its ``repr``, and nothing here logs or raises with one. Errors name the
@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from pipeline.config import DicomConfig
-from pipeline.errors import ConfigError
 
 RETRIEVE_THREADS = 4  # concurrent retrieves per batch: enough to hide latency, gentle on a PACS
 
@@ -54,21 +51,3 @@ class PacsSource(Protocol):
 
     def close(self) -> None:
         """Release connections."""
-
-
-def open_source(dicom: DicomConfig) -> PacsSource:
-    """The client of ``dicom.source`` (a DICOMweb URL or ``dimse://``).
-
-    Raises:
-        ConfigError: the source is malformed or a referenced secret is not set.
-    """
-    source = str(dicom.source)
-    if source.lower().startswith("dimse://"):
-        from pipeline.pacs.dimse import DimseSource  # deferred: pynetdicom only for DIMSE
-
-        return DimseSource.from_config(dicom)
-    if source.lower().startswith(("http://", "https://")):
-        from pipeline.pacs.dicomweb import DicomWebSource  # deferred: requests stack
-
-        return DicomWebSource.from_config(dicom)
-    raise ConfigError(f"dicom.source {source} is not a PACS address")
