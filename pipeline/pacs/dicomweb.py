@@ -8,8 +8,9 @@ timeouts and 5xx answers come from urllib3's ``Retry`` on the session (dicomweb-
 retry, which covers only some status codes and no timeouts, is turned off).
 
 Privacy: dicomweb-client logs request URLs and UIDs at INFO/DEBUG and requests puts the URL in
-its exception messages; this module raises only with the status code and the error's type,
-and :func:`quiet_client_logs` keeps the client's logger at WARNING.
+its exception messages; this module raises only with the status code and the error's type.
+The CLI keeps those libraries' loggers at WARNING, and its PHI filter redacts UIDs from any
+record (:mod:`flows.console`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,6 @@ _STUDY_UID, _SERIES_UID, _SOP_UID, _MODALITY = "0020000D", "0020000E", "00080018
 _ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def quiet_client_logs() -> None:
-    """dicomweb-client logs every search and retrieve with its UIDs at INFO: keep it quieter."""
-    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
-
-
 class DicomWebSource:
     """A DICOMweb service (see the module docstring); ``retrieve`` is thread-safe."""
 
@@ -52,7 +48,6 @@ class DicomWebSource:
         self.name = name
         self.query = dict(query)
         self.session = session
-        quiet_client_logs()
         self.client = DICOMwebClient(base_url, session=session, timeout=TIMEOUT_S)
         self.client.set_http_retry_params(retry=False)  # the session's urllib3 Retry does it
 
