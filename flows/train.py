@@ -61,6 +61,7 @@ from pipeline.model.fit import (
 )
 from pipeline.model.onnx_export import ExportResult, export_onnx
 from pipeline.model.results import run_artifacts, run_metrics, write_results
+from pipeline.pacs.connect import check_source
 from pipeline.pseudonyms import pseudonym_key_from_env
 from pipeline.report.page import write_report
 
@@ -195,6 +196,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
     check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
+    check_source(cfg.dicom)  # a PACS that refuses us or cannot be reached, before any work
     check_stability_settings(cfg)
     with recorded_run(cfg, device=default_device()) as run:
         clinical = clinical_task(cfg)  # first: a wrong clinical source costs no ingest
