@@ -42,6 +42,7 @@ from cmcl_core.estimator import CMCL
 from db.errors import UserError
 from db.records import ArtifactRow
 from flows.compute import check_compute
+from flows.ingest_engine import ingest_pool
 from flows.run_record import recorded_run
 from flows.stability import assess_stability
 from pipeline.clinical.join import JoinedCohort, join_cohort
@@ -84,9 +85,10 @@ _RETRY = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_tran
 
 @task(name="ingest", **_PRIVATE, **_RETRY)
 def ingest_task(cfg: Config, engine: sa.Engine) -> IngestResult:
-    """Scan dicom.source into the catalog and the preprocessed-array cache."""
+    """Scan dicom.source into the catalog and the preprocessed-array cache (the per-file work on
+    the Dask engine when ``compute.engine`` is dask: :mod:`flows.ingest_engine`)."""
     key = pseudonym_key_from_env()  # read here: the key never passes through Prefect
-    res = ingest(cfg, key=key, engine=engine)
+    res = ingest(cfg, key=key, engine=engine, pool=ingest_pool(cfg.compute))
     get_run_logger().info(
         "ingest: %d files, %d new/changed, %d unchanged, %d quarantined %s, %d forgotten, "
         "%d training images",

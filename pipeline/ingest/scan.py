@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -85,8 +86,24 @@ class IngestResult:
         return sum(self.quarantined.values())
 
 
+class Pool(Protocol):
+    """Where the per-file work runs, when not in ``dicom.workers`` local processes: an
+    executor-like view of the compute engine (:class:`flows.ingest_engine.EnginePool`)."""
+
+    workers: int
+
+    def start(self, state: worker.WorkerState) -> Executor:
+        """An executor running :func:`worker.process_chunk` / :func:`worker.series_job` with
+        ``state``; its ``shutdown`` releases what ``start`` took."""
+
+
 def ingest(
-    cfg: Config, *, key: bytes, engine: sa.Engine | None = None, progress: Progress | None = None
+    cfg: Config,
+    *,
+    key: bytes,
+    engine: sa.Engine | None = None,
+    progress: Progress | None = None,
+    pool: Pool | None = None,
 ) -> IngestResult:
     """Scan ``cfg.dicom.source`` (a folder or a PACS) and bring the catalog and quarantine up
     to date; a PACS is pulled by :func:`pipeline.ingest.pull.pull`.
@@ -96,6 +113,9 @@ def ingest(
         key: The pseudonymisation key (:func:`pipeline.pseudonyms.pseudonym_key_from_env`).
         engine: An open results engine; when None, ``results.url`` is opened and migrated.
         progress: Called as ``progress(files_done, files_found)`` after each chunk.
+        pool: Runs the per-file work (read, validate, decode, preprocess) on the compute
+            engine; None: ``dicom.workers`` local processes. The catalog and quarantine are
+            written here either way, in batches.
 
     Returns:
         Counts of this scan and every current training unit.
@@ -124,7 +144,7 @@ def ingest(
     own = engine is None
     try:
         engine = open_results(expand_env(cfg.results.url)) if engine is None else engine
-        return _scan(cfg, key, engine, progress, pacs)
+        return _scan(cfg, key, engine, progress, pacs, pool)
     finally:
         if own and engine is not None:
             engine.dispose()
@@ -133,7 +153,12 @@ def ingest(
 
 
 def _scan(
-    cfg: Config, key: bytes, engine: sa.Engine, progress: Progress | None, pacs: PacsSource | None
+    cfg: Config,
+    key: bytes,
+    engine: sa.Engine,
+    progress: Progress | None,
+    pacs: PacsSource | None,
+    pool: Pool | None,
 ) -> IngestResult:
     t0 = time.perf_counter()
     spec = PreprocessSpec.from_config(cfg.dicom)
@@ -152,8 +177,12 @@ def _scan(
     found_keys = set(fkeys)
     total = len(fkeys)
     settings = InspectSettings(key, tuple(cfg.dicom.modalities), cfg.dicom.reject_burned_in)
-    workers = max(1, min(cfg.dicom.workers, total))
-    executor = _start_workers(worker.WorkerState(settings, spec, cache_root), workers)
+    state = worker.WorkerState(settings, spec, cache_root)
+    if pool is None:
+        workers = max(1, min(cfg.dicom.workers, total))
+        executor = _start_workers(state, workers)
+    else:
+        workers, executor = max(1, pool.workers), pool.start(state)
     owner = {e.image_key: fk for fk, e in known.catalog.items() if fk in found_keys}
     tally = Tally(known.catalog, owner, CatalogWriter(engine))
     chunk = max(1, min(32, total // (workers * 4)))
