@@ -1,120 +1,43 @@
-"""A real PACS for the tests: Orthanc on free loopback ports, with its DICOMweb plugin.
+"""The PACS tests' fixtures: a real Orthanc for the session and the cohort uploaded to it.
 
-The fixture writes a configuration (authentication on, remote access off, storage in a
-temporary folder, the calling AE title ``CMCL`` registered for DIMSE), starts Debian's
-``Orthanc`` binary and waits for its REST API. Without the binary or the plugin (``apt-get
-install orthanc orthanc-dicomweb``; ``.ci/run`` installs them) the tests skip with that reason.
-The session's cohort is uploaded once; tests only read it (a test that needs a change uploads
-its own instance).
+Without the Orthanc binary or its DICOMweb plugin (``.ci/run`` installs both) the tests skip
+with that reason. The session's cohort is uploaded once; tests only read it (a test that needs
+a change brings its own instance).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from pipeline.synthetic.cohort import make_synthetic_cohort
+from tests.pipeline.pacs.orthanc import (
+    CALLING_AET,
+    PASSWORD,
+    Orthanc,
+    free_port,
+    missing,
+    running_orthanc,
+)
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-USER, PASSWORD, PACS_AET, CALLING_AET = "cmcl", "s3cret-pacs-pw", "ORTHANC", "CMCL"
-START_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class Orthanc:
-    """A running Orthanc: its ports and REST helpers."""
-
-    http_port: int
-    dicom_port: int
-    folder: Path
-
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def dicomweb_source(self, password_ref: str = "${PACS_PASSWORD}") -> str:
-        """``dicom.source`` of its DICOMweb service (the password as an environment reference)."""
-        return f"http://{USER}:{password_ref}@127.0.0.1:{self.http_port}/dicom-web"
-
-    @property
-    def dimse_source(self) -> str:
-        return f"dimse://{PACS_AET}@127.0.0.1:{self.dicom_port}"
-
-    def upload(self, path: Path) -> bool:
-        """POST /instances; True when Orthanc stored the file (a broken one gets HTTP 400)."""
-        r = requests.post(f"{self.rest}/instances", data=path.read_bytes(), auth=(USER, PASSWORD))
-        return r.status_code == 200
-
-
-def _config(folder: Path, http_port: int, dicom_port: int) -> dict:
-    return {
-        "Name": "cmcl-test",
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": PACS_AET,
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomModalities": {"cmcl": [CALLING_AET, "127.0.0.1", free_port()]},
-        "DicomCheckModalityHost": True,
-    }
+__all__ = ["CALLING_AET", "PASSWORD", "Orthanc", "Uploaded", "free_port"]
 
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    """Orthanc on free loopback ports with a temporary storage folder (see the module docs)."""
-    if not Path(ORTHANC).is_file():
-        pytest.skip("Orthanc is not installed (apt-get install -y orthanc orthanc-dicomweb)")
-    if not DICOMWEB_PLUGIN.is_file():
-        pytest.skip(f"the Orthanc DICOMweb plugin {DICOMWEB_PLUGIN} is missing "
-                    "(apt-get install -y orthanc-dicomweb)")  # fmt: skip
-    folder = tmp_path_factory.mktemp("orthanc")
-    server = Orthanc(free_port(), free_port(), folder)
-    config = folder / "orthanc.json"
-    config.write_text(json.dumps(_config(folder, server.http_port, server.dicom_port)))
-    log = (folder / "orthanc.log").open("w")
-    proc = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
+    """Orthanc on free loopback ports with a temporary storage folder."""
+    why = missing()
+    if why:
+        pytest.skip(why)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(f"{server.rest}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                said = (folder / "orthanc.log").read_text()[-2000:]
-                pytest.fail(f"Orthanc did not start:\n{said}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+            yield server
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 @dataclass(frozen=True)
