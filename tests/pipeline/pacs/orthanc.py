@@ -94,6 +94,7 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
     Raises:
         RuntimeError: it did not answer within ``START_TIMEOUT_S`` (its log's tail included).
     """
+    folder.mkdir(parents=True, exist_ok=True)
     server = Orthanc(free_port(), free_port(), folder)
     config = folder / "orthanc.json"
     config.write_text(json.dumps(_config(folder, server.http_port, server.dicom_port)))
