@@ -103,13 +103,15 @@ def ingest_command(config: Path, console: Console | None = None) -> IngestResult
 
 
 def check_sources(cfg: Config) -> None:
-    """Fail fast, before Prefect starts: the clinical database and the results database open.
+    """Fail fast, before Prefect starts: the clinical database, the PACS (when dicom.source is
+    one) and the results database open.
 
     Raises:
-        ConfigError, DatabaseUnavailable: a wrong URL, a database that does not exist, wrong
-            credentials, a server that is down.
+        ConfigError, DatabaseUnavailable, UserError: a wrong URL, a database that does not
+            exist, wrong credentials, a server that is down.
     """
     check_clinical_source(cfg.clinical.url)
+    check_source(cfg.dicom)
     with results_engine(expand_env(cfg.results.url)):
         pass
 
