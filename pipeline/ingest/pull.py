@@ -114,8 +114,9 @@ def plan_downloads(
     return current, todo
 
 
-def batches(series: list[list[Listed]], size: int = BATCH) -> Iterator[list[Listed]]:
-    """Whole series packed into batches of about ``size`` instances."""
+def batches(series: list[list[Listed]], size: int | None = None) -> Iterator[list[Listed]]:
+    """Whole series packed into batches of about ``size`` (default :data:`BATCH`) instances."""
+    size = size or BATCH
     batch: list[Listed] = []
     for s in series:
         if batch and len(batch) + len(s) > size:

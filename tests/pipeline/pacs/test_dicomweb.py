@@ -16,6 +16,7 @@ from db.engine import open_results
 from db.errors import UserError
 from db.read import read_catalog, read_quarantine
 from pipeline.config import config_from_dict
+from pipeline.ingest import pull as pull_module
 from pipeline.ingest.scan import ingest
 from pipeline.pacs.dicomweb import DicomWebSource
 from pipeline.pacs.source import RemoteInstance
@@ -163,3 +164,37 @@ def test_an_unset_password_variable_is_a_config_error(orthanc: Orthanc, tmp_path
     monkeypatch.delenv("PACS_PASSWORD", raising=False)
     with pytest.raises(UserError, match=r"\$\{PACS_PASSWORD\}"):
         ingest(_cfg(orthanc.dicomweb_source(), tmp_path), key=KEY)
+
+
+def test_an_interrupted_pull_resumes_without_downloading_again(
+    orthanc: Orthanc, uploaded: Uploaded, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("PACS_PASSWORD", PASSWORD)
+    spool_root = tmp_path / "tmp"
+    spool_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_root))
+    monkeypatch.setattr(pull_module, "BATCH", 4)
+    real = DicomWebSource.retrieve
+    calls: Counter = Counter()
+
+    def dies_on_the_tenth(self, inst):
+        calls["retrieve"] += 1
+        if calls["retrieve"] == 10:
+            raise KeyboardInterrupt  # the operator stops the pull half-way
+        return real(self, inst)
+
+    monkeypatch.setattr(DicomWebSource, "retrieve", dies_on_the_tenth)
+    cfg = _cfg(orthanc.dicomweb_source(), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(cfg, key=KEY)
+    assert list(spool_root.iterdir()) == []  # the spool went with the interruption
+    cat, quar = _tables(cfg)
+    kept = len(cat) + len(quar)
+    assert 4 <= kept < uploaded.stored  # the finished batches were written
+
+    calls.clear()
+    calls["retrieve"] = -(10**6)  # do not interrupt again
+    res = ingest(cfg, key=KEY)
+    downloaded = calls["retrieve"] + 10**6
+    assert downloaded == uploaded.stored - kept  # only what the catalog did not hold
+    assert res.catalogued + res.n_quarantined + res.unchanged == uploaded.stored
