@@ -14,13 +14,14 @@ before any download. An instance is **current**, and is not downloaded, when
   cached under the key those instances make.
 
 Everything else is retrieved in batches of whole series (an MR series is rebuilt from all its
-slices, so a series with anything new is downloaded whole) into a private spool folder (mode
-0700, files named by their position in the batch, never by a UID), handed to the same ingest
-workers as files (:mod:`pipeline.dicom.worker`: hash, validate, de-identify, preprocess) and
-removed before the next batch, whatever happens. An instance the PACS lists but does not deliver
-is quarantined as ``retrieve_error`` (not a settled verdict: the next run tries it again); the
-batch goes on. A re-run with nothing new downloads nothing; an interrupted pull resumes from what
-the catalog holds.
+slices, so a series with anything new is downloaded whole), ``RETRIEVE_THREADS`` at a time, the
+next batch into memory while the workers process the current one. A batch is written to a
+private spool folder (mode 0700, files named by their position in the batch, never by a UID),
+handed to the same ingest workers as files (:mod:`pipeline.dicom.worker`: hash, validate,
+de-identify, preprocess) and removed before the next batch, whatever happens. An instance the
+PACS lists but does not deliver is quarantined as ``retrieve_error`` (not a settled verdict:
+the next run tries it again); the batch goes on. A re-run with nothing new downloads nothing; an
+interrupted pull resumes from what the catalog holds (finished batches are written).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -162,11 +163,11 @@ def pull(
     if progress is not None:
         progress(done, len(listed))
     with ThreadPoolExecutor(RETRIEVE_THREADS, thread_name_prefix="retrieve") as threads:
-        for batch in batches(todo):
+        for batch, fetches in _prefetched(threads, pacs, batches(todo)):
             spool = Path(tempfile.mkdtemp(prefix="cmcl-spool-"))  # mode 0700
             try:
                 paths: list[str] = []
-                for i, got in enumerate(threads.map(lambda m: _fetch(pacs, m), batch)):
+                for i, got in enumerate(f.result() for f in fetches):
                     if isinstance(got, Quarantined):
                         tally.reject(got)
                         errors += 1
@@ -187,13 +188,27 @@ def pull(
             done += len(batch)
             if progress is not None:
                 progress(done, len(listed))
-    # a deterministic order whatever was downloaded when: CR/DX by key, then MR by series
+    # a deterministic order whatever was downloaded when: CR/DX, then MR; by series, then key
     tally.images.sort(key=lambda t: (t.modality == "MR", t.series_key or "", t.image_key))
     logger.info(
         "pull: %d instances listed, %d current, %d downloaded (%.1f MB), %d not delivered",
         len(listed), len(current), downloaded, nbytes / 1e6, errors,
     )  # fmt: skip
     return PullStats(downloaded, errors, nbytes)
+
+
+def _prefetched(
+    threads: ThreadPoolExecutor, pacs: PacsSource, todo: Iterator[list[Listed]]
+) -> Iterator[tuple[list[Listed], list[Future]]]:
+    """Each batch with the futures of its retrieves; the next batch's retrieves are already
+    running (into memory) while the workers process this one."""
+    nxt = next(todo, None)
+    pending = None if nxt is None else (nxt, [threads.submit(_fetch, pacs, m) for m in nxt])
+    while pending is not None:
+        current = pending
+        nxt = next(todo, None)
+        pending = None if nxt is None else (nxt, [threads.submit(_fetch, pacs, m) for m in nxt])
+        yield current
 
 
 def _fetch(pacs: PacsSource, m: Listed) -> bytes | Quarantined:
