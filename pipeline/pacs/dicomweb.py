@@ -33,6 +33,7 @@ from pipeline.pacs.source import RemoteInstance, RetrieveError
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = (5, 60)  # (connect, read)
+PAGE = 1000  # QIDO-RS results per request
 RETRY = dict(total=4, connect=2, read=2, backoff_factor=0.5,
              status_forcelist=(408, 429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
              raise_on_status=False)  # fmt: skip
@@ -100,21 +101,51 @@ class DicomWebSource:
     def search(self) -> list[RemoteInstance]:
         """QIDO-RS: the studies matching ``dicom.query``, then each study's instances."""
         try:
-            studies = self.client.search_for_studies(
-                search_filters=self.query, fields=["StudyInstanceUID"], get_remaining=True
-            )
+            studies = self._all(
+                self.client.search_for_studies, _STUDY_UID,
+                search_filters=self.query, fields=["StudyInstanceUID"],
+            )  # fmt: skip
             found: list[RemoteInstance] = []
             for uid in sorted({_value(s, _STUDY_UID) for s in studies} - {None}):
-                rows = self.client.search_for_instances(
-                    study_instance_uid=uid, fields=["Modality"], get_remaining=True
-                )
+                rows = self._all(self.client.search_for_instances, _SOP_UID,
+                                 study_instance_uid=uid, fields=["Modality"])  # fmt: skip
                 for r in rows:
                     series, sop = _value(r, _SERIES_UID), _value(r, _SOP_UID)
                     if series and sop:
                         found.append(RemoteInstance(uid, series, sop, _value(r, _MODALITY) or ""))
+        except UserError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a UserError
             raise self._user_error(exc) from None
         return sorted(set(found))
+
+    def _all(self, search, tag: str, **kwargs) -> list[dict]:
+        """Every result of a QIDO-RS search, ``PAGE`` at a time.
+
+        Not dicomweb-client's ``get_remaining``: it pages until an empty answer, and a server
+        that ignores ``offset`` (Orthanc 1.10 with ``ModalitiesInStudy``) never gives one.
+
+        Raises:
+            UserError: a full page came back twice (the server ignores ``offset``), so the
+                listing cannot be completed; forgetting instances on an incomplete listing
+                would delete catalog rows.
+        """
+        out: dict[str, dict] = {}
+        offset = 0
+        while True:
+            page = search(limit=PAGE, offset=offset, **kwargs)
+            new = {v: r for r in page if (v := _value(r, tag)) and v not in out}
+            out.update(new)
+            if len(page) < PAGE:
+                return list(out.values())
+            if not new:
+                raise UserError(
+                    f"the DICOMweb service {self.name} repeats the same {PAGE} results for the "
+                    "next page of a search (it ignores QIDO-RS offset)",
+                    "narrow dicom.query (e.g. a StudyDate range) so that one search matches "
+                    f"fewer than {PAGE} studies",
+                )
+            offset += len(page)
 
     def retrieve(self, inst: RemoteInstance) -> bytes:
         """WADO-RS: the instance as stored (raises :class:`RetrieveError`, PHI-free)."""

@@ -47,6 +47,7 @@ class Uploaded:
     folder: Path
     stored: int
     refused: int
+    mr_slices: int
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +55,9 @@ def uploaded(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Uplo
     """A small synthetic cohort (broken files and an MR series included) uploaded to Orthanc;
     ``folder`` holds exactly the files Orthanc accepted, for the folder-source comparison."""
     root = tmp_path_factory.mktemp("cohort")
+    mr_slices = 4
     info = make_synthetic_cohort(root / "cohort", n_patients=10, n_broken=4, mr_patients=1,
-                                 mr_slices=4, workers=1)  # fmt: skip
+                                 mr_slices=mr_slices, workers=1)  # fmt: skip
     folder = root / "stored"
     stored = refused = 0
     for f in sorted(p for p in info.dicom_dir.rglob("*") if p.is_file()):
@@ -66,4 +68,4 @@ def uploaded(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Uplo
             stored += 1
         else:
             refused += 1
-    return Uploaded(folder, stored, refused)
+    return Uploaded(folder, stored, refused, mr_slices)

@@ -21,7 +21,7 @@ from pipeline.ingest.scan import ingest
 from pipeline.pacs.dicomweb import DicomWebSource
 from pipeline.pacs.source import RemoteInstance
 from pipeline.redact import PhiLogFilter
-from tests.pipeline.pacs.conftest import PASSWORD, Orthanc, Uploaded, free_port
+from tests.pipeline.pacs.conftest import CALLING_AET, PASSWORD, Orthanc, Uploaded, free_port
 
 KEY = bytes.fromhex("5a" * 32)
 
@@ -198,3 +198,18 @@ def test_an_interrupted_pull_resumes_without_downloading_again(
     downloaded = calls["retrieve"] + 10**6
     assert downloaded == uploaded.stored - kept  # only what the catalog did not hold
     assert res.catalogued + res.n_quarantined + res.unchanged == uploaded.stored
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_dicom_query_filters_the_studies(
+    protocol: str, orthanc: Orthanc, uploaded: Uploaded, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("PACS_PASSWORD", PASSWORD)
+    if protocol == "dicomweb":
+        cfg = _cfg(orthanc.dicomweb_source(), tmp_path, query={"ModalitiesInStudy": "MR"})
+    else:
+        cfg = _cfg(orthanc.dimse_source, tmp_path, query={"ModalitiesInStudy": "MR"},
+                   calling_aet=CALLING_AET)  # fmt: skip
+    res = ingest(cfg, key=KEY)
+    assert res.found == uploaded.mr_slices and res.catalogued == uploaded.mr_slices
+    assert [i.modality for i in res.images] == ["MR"]  # one series, one training unit

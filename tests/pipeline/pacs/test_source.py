@@ -11,6 +11,7 @@ from db.errors import UserError
 from pipeline.config import config_from_dict, is_remote, load_config
 from pipeline.errors import ConfigError
 from pipeline.ingest.pull import Listed, batches
+from pipeline.pacs import dicomweb
 from pipeline.pacs.connect import open_source
 from pipeline.pacs.source import RemoteInstance
 
@@ -90,3 +91,16 @@ def test_batches_keep_a_series_whole() -> None:
     got = list(batches([series(3, "a"), series(5, "b"), series(2, "c"), series(9, "d")], size=6))
     assert [[x.inst.series_uid for x in b] for b in got] == [
         ["a"] * 3, ["b"] * 5, ["c"] * 2, ["d"] * 9]  # fmt: skip
+
+
+def test_qido_paging_stops_on_a_short_page_and_refuses_a_server_that_ignores_offset(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("PACS_PASSWORD", "pw")
+    web = open_source(_cfg(source=WEB).dicom)
+    monkeypatch.setattr(dicomweb, "PAGE", 3)
+    rows = [{"00080018": {"Value": [f"1.2.3.{i}"]}} for i in range(7)]
+    paged = web._all(lambda limit, offset: rows[offset : offset + limit], "00080018")
+    assert paged == rows  # pages of 3, 3, 1
+    with pytest.raises(UserError, match="ignores QIDO-RS offset"):
+        web._all(lambda limit, offset: rows[:limit], "00080018")  # the same page forever
