@@ -19,8 +19,10 @@ from rich.text import Text
 from db.engine import results_engine, upgrade
 from db.read import catalog_count, get_run, latest_run, list_runs, quarantine_counts, read_edges
 from db.urls import safe_url
+from flows.compute import check_compute
 from flows.console import protect_handlers
 from flows.demo import DemoResult, run_demo
+from flows.ingest_engine import ingest_pool
 from flows.serve import serve_deployment
 from flows.train import cmcl_flow
 from pipeline.clinical.connection import check_clinical_source
@@ -28,6 +30,7 @@ from pipeline.config import Config, expand_env, load_config
 from pipeline.errors import DataError
 from pipeline.ingest.scan import IngestResult, ingest
 from pipeline.model.score import ScoreResult, score_run
+from pipeline.pacs.connect import check_source
 from pipeline.pseudonyms import pseudonym_key_from_env
 from pipeline.synthetic.cohort import CohortInfo, make_synthetic_cohort
 
@@ -63,16 +66,19 @@ def ingest_command(config: Path, console: Console | None = None) -> IngestResult
         ConfigError: unusable config, or ``CMCL_PSEUDONYM_KEY`` missing.
         DataError: dicom.source is empty while the database lists files from it.
         DatabaseUnavailable: the results database cannot be opened.
+        UserError: the PACS or the Dask scheduler cannot be used.
     """
     console = console or _console()
     cfg = load_config(config)
     key = pseudonym_key_from_env()
+    check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
+    check_source(cfg.dicom)  # a PACS that refuses us or cannot be reached, before any work
     with results_engine(expand_env(cfg.results.url)) as engine:
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("ingesting DICOM files", total=None)
             result = ingest(
-                cfg, key=key, engine=engine,
+                cfg, key=key, engine=engine, pool=ingest_pool(cfg.compute),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
         in_catalog, in_quarantine = catalog_count(engine), quarantine_counts(engine)
@@ -97,13 +103,15 @@ def ingest_command(config: Path, console: Console | None = None) -> IngestResult
 
 
 def check_sources(cfg: Config) -> None:
-    """Fail fast, before Prefect starts: the clinical database and the results database open.
+    """Fail fast, before Prefect starts: the clinical database, the PACS (when dicom.source is
+    one) and the results database open.
 
     Raises:
-        ConfigError, DatabaseUnavailable: a wrong URL, a database that does not exist, wrong
-            credentials, a server that is down.
+        ConfigError, DatabaseUnavailable, UserError: a wrong URL, a database that does not
+            exist, wrong credentials, a server that is down.
     """
     check_clinical_source(cfg.clinical.url)
+    check_source(cfg.dicom)
     with results_engine(expand_env(cfg.results.url)):
         pass
 

@@ -16,7 +16,10 @@ import sys
 from db.errors import UserError
 from pipeline.redact import PhiLogFilter
 
-_QUIET = ("httpx", "httpcore", "alembic", "matplotlib", "PIL", "onnxscript", "onnx_ir")
+# (the PACS clients log request URLs, which carry UIDs, at INFO/DEBUG; the PHI filter redacts
+# UIDs anyway, and these lines say nothing a user needs)
+_QUIET = ("httpx", "httpcore", "alembic", "matplotlib", "PIL", "onnxscript", "onnx_ir",
+          "dicomweb_client", "urllib3", "pynetdicom")  # fmt: skip
 _PREFECT_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra")
 
 

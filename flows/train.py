@@ -42,6 +42,7 @@ from cmcl_core.estimator import CMCL
 from db.errors import UserError
 from db.records import ArtifactRow
 from flows.compute import check_compute, run_threads, torch_threads
+from flows.ingest_engine import ingest_pool
 from flows.run_record import recorded_run
 from flows.stability import assess_stability
 from pipeline.clinical.join import JoinedCohort, join_cohort
@@ -61,6 +62,7 @@ from pipeline.model.fit import (
 )
 from pipeline.model.onnx_export import ExportResult, export_onnx
 from pipeline.model.results import run_artifacts, run_metrics, write_results
+from pipeline.pacs.connect import check_source
 from pipeline.pseudonyms import pseudonym_key_from_env
 from pipeline.report.page import write_report
 
@@ -83,9 +85,10 @@ _RETRY = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_tran
 
 @task(name="ingest", **_PRIVATE, **_RETRY)
 def ingest_task(cfg: Config, engine: sa.Engine) -> IngestResult:
-    """Scan dicom.source into the catalog and the preprocessed-array cache."""
+    """Scan dicom.source into the catalog and the preprocessed-array cache (the per-file work on
+    the Dask engine when ``compute.engine`` is dask: :mod:`flows.ingest_engine`)."""
     key = pseudonym_key_from_env()  # read here: the key never passes through Prefect
-    res = ingest(cfg, key=key, engine=engine)
+    res = ingest(cfg, key=key, engine=engine, pool=ingest_pool(cfg.compute))
     get_run_logger().info(
         "ingest: %d files, %d new/changed, %d unchanged, %d quarantined %s, %d forgotten, "
         "%d training images",
@@ -195,6 +198,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
     cfg = load_config(config)
     pseudonym_key_from_env()  # fail before any work when the key is missing
     check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
+    check_source(cfg.dicom)  # a PACS that refuses us or cannot be reached, before any work
     check_stability_settings(cfg)
     threads = run_threads(cfg.compute)  # the CPUs this run is given, not the host's
     get_run_logger().info("torch uses %d CPU thread(s)", threads)

@@ -3,7 +3,13 @@
 Keys (see ARCHITECTURE.md)::
 
     dicom:
-      source: /data/cxr            # folder scanned recursively (required)
+      source: /data/cxr            # folder scanned recursively (required), a DICOMweb base URL
+                                   # (http://cmcl:${PACS_PASSWORD}@pacs:8042/dicom-web) or
+                                   # dimse://AET@host:port (C-FIND + C-GET)
+      query: {ModalitiesInStudy: DX}   # study-level search filters of a PACS source
+      token_env: PACS_TOKEN        # DICOMweb: a bearer token from this environment variable
+      ca_bundle: null              # DICOMweb over https: a CA file (default: system CAs)
+      calling_aet: CMCL            # DIMSE: our AE title (register it in the PACS)
       modalities: [CR, DX, MR]     # others are quarantined as unsupported_modality
       image_size: 64               # model input is image_size x image_size, one channel
       mri_reduction: middle        # middle | mip: how an MRI volume becomes a 2D image
@@ -77,14 +83,70 @@ def _check_url(url: str, key: str) -> str:
     return url
 
 
+_AET = re.compile(r"^[ -\[\]-~]{1,16}$")  # printable ASCII without backslash, 1-16 characters
+
+
+def is_remote(source: Path | str) -> bool:
+    """Whether ``dicom.source`` names a PACS (a DICOMweb URL or ``dimse://``), not a folder."""
+    return isinstance(source, str) and source.lower().startswith(
+        ("http://", "https://", "dimse://")
+    )
+
+
 class DicomConfig(_Strict):
-    source: Path
+    source: Path | str
+    query: dict[str, str] = Field(default_factory=dict)
+    token_env: str | None = None
+    ca_bundle: Path | None = None
+    calling_aet: str = "CMCL"
     modalities: tuple[str, ...] = ("CR", "DX", "MR")
     image_size: int = Field(64, ge=8, le=1024)
     mri_reduction: MriReduction = MriReduction.MIDDLE
     workers: int = Field(2, ge=1, le=256)
     cache_dir: Path | None = None
     reject_burned_in: bool = True
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if isinstance(v, str) and re.match(r"^[A-Za-z][\w+.-]*://", v):
+            if not is_remote(v):
+                raise ValueError(
+                    "dicom.source must be a folder, an http(s):// DICOMweb base URL or "
+                    "dimse://AET@host:port"
+                )
+            return _check_url(v, "dicom.source")
+        return Path(v) if isinstance(v, str) else v
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query(cls, v: Any) -> Any:
+        if isinstance(v, dict):  # YAML reads 20240101 as a number; a filter is text
+            return {str(k): str(x) for k, x in v.items()}
+        return v
+
+    @field_validator("calling_aet")
+    @classmethod
+    def _aet(cls, v: str) -> str:
+        if not _AET.match(v) or not v.strip():
+            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _remote_keys(self) -> DicomConfig:
+        if not is_remote(self.source):
+            used = [k for k in ("query", "token_env", "ca_bundle") if getattr(self, k)]
+            if used:
+                raise ValueError(
+                    f"dicom.{used[0]} is read only when dicom.source is a PACS (http(s):// or "
+                    "dimse://); remove it or set dicom.source to the PACS"
+                )
+        elif str(self.source).lower().startswith("dimse://") and (self.token_env or self.ca_bundle):
+            raise ValueError(
+                "dicom.token_env and dicom.ca_bundle are for a DICOMweb source; a dimse:// "
+                "source authenticates by AE title (dicom.calling_aet)"
+            )
+        return self
 
     @field_validator("modalities")
     @classmethod
@@ -187,7 +249,7 @@ def expand_env(url: str) -> str:
         name = m.group(1)
         if name not in os.environ:
             raise ConfigError(
-                f"the database URL refers to ${{{name}}} but that environment variable is not set",
+                f"a URL in the config refers to ${{{name}}}, but that variable is not set",
                 f"export {name}=... before running",
             )
         return os.environ[name]
@@ -222,11 +284,17 @@ def config_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = 
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
-    def res(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+    def res(p: Path | str | None) -> Path | str | None:
+        if p is None or isinstance(p, str):  # a PACS URL stays as written
+            return p
+        return p if p.is_absolute() else (base / p).resolve()
 
     dicom = cfg.dicom.model_copy(
-        update={"source": res(cfg.dicom.source), "cache_dir": res(cfg.dicom.cache_dir)}
+        update={
+            "source": res(cfg.dicom.source),
+            "cache_dir": res(cfg.dicom.cache_dir),
+            "ca_bundle": res(cfg.dicom.ca_bundle),
+        }
     )
     results = cfg.results.model_copy(
         update={

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     DECODE_ERROR = "decode_error"
     INCONSISTENT_SERIES = "inconsistent_series"  # MR slices that do not form one volume
     UNREADABLE = "unreadable"
+    RETRIEVE_ERROR = "retrieve_error"  # a PACS listed the instance but did not deliver it
 
 
 @dataclass(frozen=True)

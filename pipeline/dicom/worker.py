@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,9 +39,10 @@ PRELOAD = ["pipeline.dicom.worker"]  # forkserver imports (torch, MONAI, pydicom
 
 @dataclass(frozen=True)
 class Task:
-    """One file to process, with what the catalog/quarantine already know about it."""
+    """One file to process, with what the catalog/quarantine already know about it (the path,
+    which may embed a name, is left out of ``repr``: tasks travel as compute-engine inputs)."""
 
-    path: str
+    path: str = field(repr=False)
     file_key: str
     known_sha256: str | None = None
     known_cache_key: str | None = None
@@ -152,6 +153,21 @@ def _failure(exc: Exception) -> tuple[Reason, str]:
 
 def process_chunk(tasks: Sequence[Task]) -> list[Done]:
     return [_process(t) for t in tasks]
+
+
+def run_chunk(state: WorkerState, tasks: Sequence[Task]) -> list[Done]:
+    """:func:`process_chunk` with ``state`` (the body of a compute-engine task, whose process
+    or thread may not have been initialised; see :mod:`flows.ingest_engine`)."""
+    if _STATE != state:
+        init_worker(state, subprocess=False)
+    return process_chunk(tasks)
+
+
+def run_series(state: WorkerState, job: tuple[list[str], str]) -> tuple[Reason, str] | None:
+    """:func:`series_job` with ``state`` (see :func:`run_chunk`)."""
+    if _STATE != state:
+        init_worker(state, subprocess=False)
+    return series_job(job)
 
 
 def _preprocess_series(paths: Sequence[str], cache_key: str) -> tuple[Reason, str] | None:

@@ -57,11 +57,13 @@ class Known:
         quarantined: file_key of every quarantined file.
         settled_bad: file_key -> content hash of quarantined files whose verdict cannot change
             while their content does not (not in :data:`RECHECK`): skipped when unchanged.
+        reasons: file_key -> reason code of every quarantined file.
     """
 
     catalog: dict[str, CatalogEntry]
     quarantined: frozenset[str]
     settled_bad: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.catalog) + len(self.quarantined)
@@ -76,7 +78,8 @@ def load_known(engine: sa.Engine) -> Known:
         for r in rows
         if r["content_sha256"] and r["reason"] not in RECHECK
     }
-    return Known(catalog, frozenset(r["file_key"] for r in rows), settled)
+    reasons = {r["file_key"]: r["reason"] for r in rows}
+    return Known(catalog, frozenset(reasons), settled, reasons)
 
 
 def _entry(r: dict) -> CatalogEntry:

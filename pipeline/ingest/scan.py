@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from db.engine import open_results
 from pipeline import pseudonyms
-from pipeline.config import Config, cache_dir_for, expand_env
+from pipeline.config import Config, cache_dir_for, expand_env, is_remote
 from pipeline.dicom import worker
-from pipeline.dicom.discover import discover
+from pipeline.dicom.discover import Discovery, discover
 from pipeline.dicom.validate import InspectSettings
 from pipeline.errors import ConfigError
 from pipeline.imaging.cache import PreprocessCache
@@ -44,7 +45,10 @@ from pipeline.ingest.catalog import (
     forget_vanished,
     load_known,
 )
-from pipeline.ingest.tally import Tally, TrainingImage, mr_pass, ordered_map
+from pipeline.ingest.pull import Listed, pull
+from pipeline.ingest.tally import Tally, TrainingImage, mr_pass, ordered_map, task_for
+from pipeline.pacs.connect import open_source
+from pipeline.pacs.source import PacsSource
 
 logger = logging.getLogger(__name__)
 
@@ -82,69 +86,123 @@ class IngestResult:
         return sum(self.quarantined.values())
 
 
+class Pool(Protocol):
+    """Where the per-file work runs, when not in ``dicom.workers`` local processes: an
+    executor-like view of the compute engine (:class:`flows.ingest_engine.EnginePool`)."""
+
+    workers: int
+
+    def start(self, state: worker.WorkerState) -> Executor:
+        """An executor running :func:`worker.process_chunk` / :func:`worker.series_job` with
+        ``state``; its ``shutdown`` releases what ``start`` took."""
+
+
 def ingest(
-    cfg: Config, *, key: bytes, engine: sa.Engine | None = None, progress: Progress | None = None
+    cfg: Config,
+    *,
+    key: bytes,
+    engine: sa.Engine | None = None,
+    progress: Progress | None = None,
+    pool: Pool | None = None,
 ) -> IngestResult:
-    """Scan ``cfg.dicom.source`` and bring the catalog and quarantine up to date.
+    """Scan ``cfg.dicom.source`` (a folder or a PACS) and bring the catalog and quarantine up
+    to date; a PACS is pulled by :func:`pipeline.ingest.pull.pull`.
 
     Args:
         cfg: The pipeline config (``dicom.*`` and ``results.url`` are used).
         key: The pseudonymisation key (:func:`pipeline.pseudonyms.pseudonym_key_from_env`).
         engine: An open results engine; when None, ``results.url`` is opened and migrated.
         progress: Called as ``progress(files_done, files_found)`` after each chunk.
+        pool: Runs the per-file work (read, validate, decode, preprocess) on the compute
+            engine; None: ``dicom.workers`` local processes. The catalog and quarantine are
+            written here either way, in batches.
 
     Returns:
         Counts of this scan and every current training unit.
 
     Raises:
-        ConfigError: ``dicom.source`` is not a folder.
+        ConfigError: ``dicom.source`` is not a folder or a PACS address.
+        UserError: the PACS refuses the credentials, has no such service, or cannot be reached
+            (before any work; :mod:`pipeline.pacs`).
         DataError: ``dicom.source`` is empty while the database lists files from it.
         DatabaseUnavailable: the results database cannot be opened or written.
     """
-    source = Path(cfg.dicom.source)
-    if not source.is_dir():
+    pacs = None
+    if is_remote(cfg.dicom.source):
+        pacs = open_source(cfg.dicom)
+        try:
+            pacs.check()  # 401/403/404/unreachable: a clear error before any work
+        except BaseException:
+            pacs.close()
+            raise
+    elif not Path(cfg.dicom.source).is_dir():
         raise ConfigError(
-            f"dicom.source {source} is not an existing folder",
-            "set dicom.source in the config to the folder holding the DICOM files",
+            f"dicom.source {cfg.dicom.source} is not an existing folder",
+            "set dicom.source in the config to the folder holding the DICOM files, or to a "
+            "PACS (http(s)://.../dicom-web or dimse://AET@host:port)",
         )
     own = engine is None
-    engine = open_results(expand_env(cfg.results.url)) if engine is None else engine
     try:
-        return _scan(cfg, source, key, engine, progress)
+        engine = open_results(expand_env(cfg.results.url)) if engine is None else engine
+        return _scan(cfg, key, engine, progress, pacs, pool)
     finally:
-        if own:
+        if own and engine is not None:
             engine.dispose()
+        if pacs is not None:
+            pacs.close()
 
 
-def _scan(cfg: Config, source: Path, key: bytes, engine: sa.Engine, progress: Progress | None):
+def _scan(
+    cfg: Config,
+    key: bytes,
+    engine: sa.Engine,
+    progress: Progress | None,
+    pacs: PacsSource | None,
+    pool: Pool | None,
+) -> IngestResult:
     t0 = time.perf_counter()
     spec = PreprocessSpec.from_config(cfg.dicom)
     cache_root = cache_dir_for(cfg)
     cache_root.mkdir(parents=True, exist_ok=True)
     known = load_known(engine)
-    found = discover(source)
-    check_listing(found, known, str(source))
-    files = [str(path) for path, _ in found.files]  # the MR series pass needs the paths
-    fkeys = [pseudonyms.file_key(key, rel) for _, rel in found.files]
+    if pacs is None:
+        found = discover(Path(cfg.dicom.source))
+        files = [str(path) for path, _ in found.files]  # the MR series pass needs the paths
+        fkeys = [pseudonyms.file_key(key, rel) for _, rel in found.files]
+    else:  # a remote instance is named by its image key (pipeline.ingest.pull)
+        listed = [Listed(i, pseudonyms.image_key(key, i.sop_uid)) for i in pacs.search()]
+        fkeys = [x.file_key for x in listed]
+        found = Discovery(files=[(Path(), fk) for fk in fkeys])  # a listing; no local paths
+    check_listing(found, known, str(cfg.dicom.source))
     found_keys = set(fkeys)
-    total = len(files)
+    total = len(fkeys)
     settings = InspectSettings(key, tuple(cfg.dicom.modalities), cfg.dicom.reject_burned_in)
-    workers = max(1, min(cfg.dicom.workers, total))
-    executor = _start_workers(worker.WorkerState(settings, spec, cache_root), workers)
+    state = worker.WorkerState(settings, spec, cache_root)
+    if pool is None:
+        workers = max(1, min(cfg.dicom.workers, total))
+        executor = _start_workers(state, workers)
+    else:
+        workers, executor = max(1, pool.workers), pool.start(state)
     owner = {e.image_key: fk for fk, e in known.catalog.items() if fk in found_keys}
     tally = Tally(known.catalog, owner, CatalogWriter(engine))
-    done = 0
+    chunk = max(1, min(32, total // (workers * 4)))
+
+    def run_chunks(tasks: Iterator[worker.Task]) -> Iterator[worker.Done]:
+        for batch in ordered_map(worker.process_chunk, _chunks(tasks, chunk), executor,
+                                 2 * workers):  # fmt: skip
+            yield from batch
+
     try:
-        chunk = max(1, min(32, total // (workers * 4)))
-        batches = _chunks(_tasks(files, fkeys, known), chunk)
-        for batch in ordered_map(worker.process_chunk, batches, executor, 2 * workers):
-            for d in batch:
-                tally.add(d, files[done])
-                done += 1
-            if progress is not None:
-                progress(done, total)
-        tally.writer.flush()
-        mr_pass(tally, PreprocessCache(cache_root), spec, executor)
+        if pacs is None:
+            for done, d in enumerate(run_chunks(_tasks(files, fkeys, known)), 1):
+                tally.add(d, files[done - 1])
+                if progress is not None and (done % chunk == 0 or done == total):
+                    progress(done, total)
+            tally.writer.flush()
+            mr_pass(tally, PreprocessCache(cache_root), spec, executor)
+        else:
+            pull(pacs, listed, known, tally, lambda ts: run_chunks(iter(ts)), executor, spec,
+                 PreprocessCache(cache_root), settings, progress)  # fmt: skip
         tally.writer.flush()
     finally:
         if executor is not None:
@@ -169,9 +227,7 @@ def _scan(cfg: Config, source: Path, key: bytes, engine: sa.Engine, progress: Pr
 def _tasks(files: list[str], fkeys: list[str], known: Known) -> Iterator[worker.Task]:
     """One worker task per file, with what the catalog and quarantine know about it."""
     for path, fk in zip(files, fkeys, strict=True):
-        e = known.catalog.get(fk)
-        seen = () if e is None else (e.content_sha256, e.cache_key, e.modality)
-        yield worker.Task(path, fk, *seen, known_bad_sha256=known.settled_bad.get(fk))
+        yield task_for(path, fk, known)
 
 
 def _start_workers(state: worker.WorkerState, workers: int) -> ProcessPoolExecutor | None:

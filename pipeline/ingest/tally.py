@@ -26,7 +26,7 @@ from pipeline.dicom import worker
 from pipeline.dicom.validate import Accepted, Quarantined, Reason, sha256_bytes
 from pipeline.imaging.cache import PreprocessCache
 from pipeline.imaging.preprocess import PreprocessSpec
-from pipeline.ingest.catalog import CatalogEntry, CatalogWriter, image_row, recatalogued
+from pipeline.ingest.catalog import CatalogEntry, CatalogWriter, Known, image_row, recatalogued
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,21 @@ def ordered_map(
         yield pending.popleft().result()
 
 
+def series_cache_key(
+    content_sha256s: list[str], cache: PreprocessCache, spec: PreprocessSpec
+) -> str:
+    """The cache key of an MR series' array: its instances' content hashes, in any order."""
+    combined = sha256_bytes("".join(sorted(content_sha256s)).encode())
+    return cache.key(combined, spec)
+
+
+def task_for(path: str, file_key: str, known: Known) -> worker.Task:
+    """The worker task of one file, with what the catalog and quarantine know about it."""
+    e = known.catalog.get(file_key)
+    seen = () if e is None else (e.content_sha256, e.cache_key, e.modality)
+    return worker.Task(path, file_key, *seen, known_bad_sha256=known.settled_bad.get(file_key))
+
+
 def mr_pass(
     tally: Tally,
     cache: PreprocessCache,
@@ -138,8 +153,7 @@ def mr_pass(
     jobs: list[tuple[str, str, list[_MrMember]]] = []  # (group, cache key, members to write)
     for group in sorted(tally.series):
         members = sorted(tally.series[group], key=lambda m: m.image_key)
-        combined = sha256_bytes("".join(sorted(m.content_sha256 for m in members)).encode())
-        skey = cache.key(combined, spec)
+        skey = series_cache_key([m.content_sha256 for m in members], cache, spec)
         stale = skey not in cache or any(
             m.accepted is not None or tally.catalog[m.file_key].cache_key != skey for m in members
         )

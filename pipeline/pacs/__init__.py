@@ -1,0 +1,1 @@
+"""PACS sources for ingest: DICOMweb (QIDO-RS, WADO-RS) and DIMSE (C-FIND, C-GET)."""
