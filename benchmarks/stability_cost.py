@@ -24,19 +24,18 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from benchmarks.child_run import cmcl_run
 from db.engine import results_engine
 from db.read import latest_run
 from flows.demo import DEMO_IMAGE_SIZE, DEMO_MODEL, DEMO_SEED
 from pipeline.synthetic.cohort import make_synthetic_cohort
 
-KEY = "7a" * 32
 COHORTS = {
     "demo": dict(n_patients=1000, setting="4/10", seed=DEMO_SEED),
     "cxr-1500": dict(n_patients=1500, setting="cxr", seed=0),
@@ -52,13 +51,7 @@ def run_once(config: Path, stability: dict | None, work: Path) -> dict:
     data["results"] = {"url": f"sqlite:///{db}", "report_dir": str(work / "reports")}
     path = work / "config-run.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    env = {**os.environ, "CMCL_PSEUDONYM_KEY": KEY, "MPLBACKEND": "Agg"}
-    subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(path)],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    cmcl_run(path)
     with results_engine(f"sqlite:///{db}") as engine:
         return latest_run(engine)["metrics"]
 

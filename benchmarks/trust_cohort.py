@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from benchmarks.child_run import cmcl_run
 from flows.demo import DEMO_MODEL, compare_with_truth
 from pipeline.synthetic.cohort import make_synthetic_cohort
 
@@ -67,13 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         config = work / "config.yaml"
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         t0 = time.perf_counter()
-        env = {**os.environ, "CMCL_PSEUDONYM_KEY": KEY, "MPLBACKEND": "Agg"}
-        subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        cmcl_run(config, KEY)
         res = compare_with_truth(
             info.out_dir, config, bytes.fromhex(KEY), time.perf_counter() - t0, False
         )

@@ -1,0 +1,22 @@
+"""``cmcl run --config FILE`` in a child process, as a user runs it, for the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: A fixed pseudonym key, so that repeated benchmark runs name the same images the same.
+KEY = "7a" * 32
+
+
+def cmcl_run(config: Path, key_hex: str = KEY) -> None:
+    """Run the pipeline on ``config`` in a child process; raises if it fails."""
+    env = {**os.environ, "CMCL_PSEUDONYM_KEY": key_hex, "MPLBACKEND": "Agg"}
+    subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
