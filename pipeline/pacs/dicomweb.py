@@ -106,18 +106,19 @@ class DicomWebSource:
 
         One paged search at instance level (``/instances``, which also answers study and
         series attributes, ``StudyDate`` filters included) unless the query names a
-        study-only attribute such as ``ModalitiesInStudy``; then the matching studies first,
-        and each study's instances (one request per study).
+        study-only attribute such as ``ModalitiesInStudy``; then the matching studies first
+        (one unpaged request), and each study's instances (one request per study).
         """
         try:
             if STUDY_ONLY.isdisjoint(self.query):
                 rows = self._all(self.client.search_for_instances, _SOP_UID,
                                  search_filters=self.query, fields=["Modality"])  # fmt: skip
             else:
-                studies = self._all(
-                    self.client.search_for_studies, _STUDY_UID,
-                    search_filters=self.query, fields=["StudyInstanceUID"],
-                )  # fmt: skip
+                # unpaged: Orthanc 1.10 applies offset wrongly with ModalitiesInStudy (a second
+                # page comes back empty or repeats the first), and it answers all matches at once
+                studies = self.client.search_for_studies(
+                    search_filters=self.query, fields=["StudyInstanceUID"]
+                )
                 rows = []
                 for uid in sorted({_value(s, _STUDY_UID) for s in studies} - {None}):
                     rows += self._all(self.client.search_for_instances, _SOP_UID,
@@ -138,6 +139,7 @@ class DicomWebSource:
 
         Not dicomweb-client's ``get_remaining``: it pages until an empty answer, and a server
         that ignores ``offset`` (Orthanc 1.10 with ``ModalitiesInStudy``) never gives one.
+        (Instance-level searches without study-only attributes page correctly on Orthanc.)
 
         Raises:
             UserError: a full page came back twice (the server ignores ``offset``), so the
