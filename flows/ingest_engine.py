@@ -101,6 +101,8 @@ class _EngineExecutor:
 class EnginePool:
     """The compute engine as ingest's pool (:class:`pipeline.ingest.scan.Pool`)."""
 
+    chunk = 256  # files per task: a Prefect task costs tens of ms of API calls
+
     def __init__(self, compute: ComputeConfig):
         self.compute = compute
         self.workers = compute.workers

@@ -14,15 +14,16 @@ Prefect.
 
 Run semantics (``cmcl_runs``; :mod:`flows.run_record`): the run row is created first (status
 ``running``, config without secrets, code version, device kind) and a heartbeat thread keeps it
-alive. The clinical records are loaded before any file is ingested, so a wrong clinical
-database or query fails the run at once. Edges, latents, variables, artifacts, metrics,
-counts and the data fingerprint are written in ONE transaction that also sets ``succeeded``
-(:func:`pipeline.model.results.write_results`). Any exception marks the run ``failed`` with a
-PHI-free message; a killed process leaves ``running`` with a stopped heartbeat, which the next
-run's start marks ``crashed`` after ``CMCL_STALE_AFTER_S`` seconds
-(:func:`db.write.mark_stale_runs`). A re-run on the same inputs and config creates a new run row
-with the same results (training is seeded and deterministic on CPU); ``data_fingerprint`` lets
-SQL find identical runs.
+alive. The Dask scheduler and a PACS source are checked before any work, and the clinical
+records are loaded before any file is ingested, so a wrong clinical database or query, a PACS
+that refuses the credentials or cannot be reached fails the run at once. Edges, latents,
+variables, artifacts, metrics, counts and the data fingerprint are written in ONE transaction
+that also sets ``succeeded`` (:func:`pipeline.model.results.write_results`). Any exception
+marks the run ``failed`` with a PHI-free message; a killed process leaves ``running`` with a
+stopped heartbeat, which the next run's start marks ``crashed`` after ``CMCL_STALE_AFTER_S``
+seconds (:func:`db.write.mark_stale_runs`). A re-run on the same inputs and config creates a
+new run row with the same results (training is seeded and deterministic on CPU);
+``data_fingerprint`` lets SQL find identical runs.
 """
 
 from __future__ import annotations

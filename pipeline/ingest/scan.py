@@ -91,6 +91,7 @@ class Pool(Protocol):
     executor-like view of the compute engine (:class:`flows.ingest_engine.EnginePool`)."""
 
     workers: int
+    chunk: int  # most files per unit of work (a task has a fixed cost on an engine)
 
     def start(self, state: worker.WorkerState) -> Executor:
         """An executor running :func:`worker.process_chunk` / :func:`worker.series_job` with
@@ -185,7 +186,7 @@ def _scan(
         workers, executor = max(1, pool.workers), pool.start(state)
     owner = {e.image_key: fk for fk, e in known.catalog.items() if fk in found_keys}
     tally = Tally(known.catalog, owner, CatalogWriter(engine))
-    chunk = max(1, min(32, total // (workers * 4)))
+    chunk = max(1, min(32 if pool is None else pool.chunk, total // (workers * 4)))
 
     def run_chunks(tasks: Iterator[worker.Task]) -> Iterator[worker.Done]:
         for batch in ordered_map(worker.process_chunk, _chunks(tasks, chunk), executor,

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT_S = (5, 60)  # (connect, read)
 PAGE = 1000  # QIDO-RS results per request
+# study attributes an instance-level search does not match (PS3.18 table 6.7.1-1)
+STUDY_ONLY = frozenset({"ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
+                        "NumberOfStudyRelatedInstances"})  # fmt: skip
 RETRY = dict(total=4, connect=2, read=2, backoff_factor=0.5,
              status_forcelist=(408, 429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
              raise_on_status=False)  # fmt: skip
@@ -99,31 +102,44 @@ class DicomWebSource:
             raise self._user_error(exc) from None
 
     def search(self) -> list[RemoteInstance]:
-        """QIDO-RS: the studies matching ``dicom.query``, then each study's instances."""
+        """QIDO-RS: every instance matching ``dicom.query``.
+
+        One paged search at instance level (``/instances``, which also answers study and
+        series attributes, ``StudyDate`` filters included) unless the query names a
+        study-only attribute such as ``ModalitiesInStudy``; then the matching studies first
+        (one unpaged request), and each study's instances (one request per study).
+        """
         try:
-            studies = self._all(
-                self.client.search_for_studies, _STUDY_UID,
-                search_filters=self.query, fields=["StudyInstanceUID"],
-            )  # fmt: skip
-            found: list[RemoteInstance] = []
-            for uid in sorted({_value(s, _STUDY_UID) for s in studies} - {None}):
+            if STUDY_ONLY.isdisjoint(self.query):
                 rows = self._all(self.client.search_for_instances, _SOP_UID,
-                                 study_instance_uid=uid, fields=["Modality"])  # fmt: skip
-                for r in rows:
-                    series, sop = _value(r, _SERIES_UID), _value(r, _SOP_UID)
-                    if series and sop:
-                        found.append(RemoteInstance(uid, series, sop, _value(r, _MODALITY) or ""))
+                                 search_filters=self.query, fields=["Modality"])  # fmt: skip
+            else:
+                # unpaged: Orthanc 1.10 applies offset wrongly with ModalitiesInStudy (a second
+                # page comes back empty or repeats the first), and it answers all matches at once
+                studies = self.client.search_for_studies(
+                    search_filters=self.query, fields=["StudyInstanceUID"]
+                )
+                rows = []
+                for uid in sorted({_value(s, _STUDY_UID) for s in studies} - {None}):
+                    rows += self._all(self.client.search_for_instances, _SOP_UID,
+                                      study_instance_uid=uid, fields=["Modality"])  # fmt: skip
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a UserError
             raise self._user_error(exc) from None
-        return sorted(set(found))
+        found = set()
+        for r in rows:
+            study, series, sop = _value(r, _STUDY_UID), _value(r, _SERIES_UID), _value(r, _SOP_UID)
+            if study and series and sop:
+                found.add(RemoteInstance(study, series, sop, _value(r, _MODALITY) or ""))
+        return sorted(found)
 
     def _all(self, search, tag: str, **kwargs) -> list[dict]:
         """Every result of a QIDO-RS search, ``PAGE`` at a time.
 
         Not dicomweb-client's ``get_remaining``: it pages until an empty answer, and a server
         that ignores ``offset`` (Orthanc 1.10 with ``ModalitiesInStudy``) never gives one.
+        (Instance-level searches without study-only attributes page correctly on Orthanc.)
 
         Raises:
             UserError: a full page came back twice (the server ignores ``offset``), so the

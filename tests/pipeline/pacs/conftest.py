@@ -1,12 +1,14 @@
 """The PACS tests' fixtures: a real Orthanc for the session and the cohort uploaded to it.
 
-Without the Orthanc binary or its DICOMweb plugin (``.ci/run`` installs both) the tests skip
-with that reason. The session's cohort is uploaded once; tests only read it (a test that needs
-a change brings its own instance).
+Without the Orthanc binary or its DICOMweb plugin the tests skip with that reason, unless
+``CMCL_TEST_ORTHANC=required`` (``.ci/run`` installs both and sets it): then they fail. The
+session's cohort is uploaded once; tests only read it (a test that needs a change brings its
+own instance).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ __all__ = ["CALLING_AET", "PASSWORD", "Orthanc", "Uploaded", "free_port"]
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     """Orthanc on free loopback ports with a temporary storage folder."""
     why = missing()
+    if why and os.environ.get("CMCL_TEST_ORTHANC") == "required":
+        pytest.fail(f"CMCL_TEST_ORTHANC=required but {why}")
     if why:
         pytest.skip(why)
     try:

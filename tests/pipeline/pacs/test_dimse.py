@@ -11,6 +11,7 @@ import pytest
 from db.errors import UserError
 from pipeline.ingest.scan import ingest
 from pipeline.pacs.dimse import DimseSource
+from pipeline.pacs.source import RemoteInstance
 from tests.pipeline.pacs.conftest import CALLING_AET, Orthanc, Uploaded, free_port
 from tests.pipeline.pacs.test_dicomweb import KEY, _cfg, _tables, _without_file_key
 
@@ -57,3 +58,15 @@ def test_an_unknown_calling_aet_or_an_unreachable_archive_fails_before_any_work(
         ingest(_cfg(nobody, tmp_path, calling_aet=CALLING_AET), key=KEY)
     assert err.value.transient
     assert not (tmp_path / "results.db").exists()
+
+
+def test_an_instance_c_get_does_not_deliver_is_quarantined(
+    orthanc: Orthanc, uploaded: Uploaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    real = DimseSource.search
+    ghost = RemoteInstance("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2",
+                           "1.2.826.0.1.3680043.8.498.3", "DX")  # fmt: skip
+    monkeypatch.setattr(DimseSource, "search", lambda self: sorted(real(self) + [ghost]))
+    res = ingest(_cfg(orthanc.dimse_source, tmp_path, calling_aet=CALLING_AET), key=KEY)
+    assert res.quarantined.get("retrieve_error") == 1
+    assert res.catalogued + res.n_quarantined == uploaded.stored + 1
