@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -66,7 +67,15 @@ def torch_settings(
         num_threads: CPU intra-op threads (None: leave torch's setting).
         deterministic: ask for deterministic kernels (CUDA; CPU kernels already are) and keep
             cuDNN from benchmarking; False lets cuDNN pick the fastest kernels.
+
+    Raises:
+        ValueError: ``deterministic`` on CUDA without ``CUBLAS_WORKSPACE_CONFIG`` set.
     """
+    if deterministic and device.type == "cuda" and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        raise ValueError(
+            "deterministic: true on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 in the "
+            "environment (cuBLAS reads it at start-up); export it, or set deterministic: false"
+        )
     threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     bench, cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic

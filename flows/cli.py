@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -212,8 +213,19 @@ def db_upgrade(config: ConfigOpt) -> None:
     _commands().db_upgrade_command(config)
 
 
+#: OpenMP's wait policy for torch's CPU threads unless the environment sets one: threads that
+#: sleep at a barrier instead of spinning. On a shared or oversubscribed node spinning threads
+#: burn the cores the others wait for: under a load of 10-14 on 2 cores, 2-thread epochs took
+#: 77 s once and 3.6-9.7 s otherwise with the default policy, 2.3-2.6 s with PASSIVE
+#: (benchmarks/results/two_demos.md).
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def main() -> None:
     """Console-script entry point."""
+    # The entry point, not library code: OpenMP reads this once, when torch is first imported
+    # (the commands import it lazily, after this line), and child processes inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     app()
 
 

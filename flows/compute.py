@@ -14,6 +14,7 @@ the affinity and cgroup quota of :func:`pipeline.cpus.cpu_budget`, unless ``comp
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +29,13 @@ SCHEDULER_TIMEOUT_S = 10
 
 
 def run_threads(compute: ComputeConfig) -> int:
-    """Torch intra-op threads for the run: ``compute.threads``, else the CPU budget."""
-    return compute.threads or cpu_budget().cpus
+    """Torch intra-op threads for the run: ``compute.threads``, else the CPU budget, capped by
+    ``OMP_NUM_THREADS`` when the environment sets it (as batch schedulers and CI do)."""
+    if compute.threads:
+        return compute.threads
+    cpus = cpu_budget().cpus
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cpus, int(env)) if env.isdigit() and int(env) >= 1 else cpus
 
 
 def run_workers(compute: ComputeConfig) -> int:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cmcl_core.config import CMCLConfig
-from cmcl_core.device import Cohort, autocast, float32, grad_scaler, placement
+from cmcl_core.device import Cohort, autocast, float32, grad_scaler, placement, torch_settings
 from cmcl_core.estimator import CMCL
 from tests.core.test_estimator import assert_directions, two_edge_data
 
@@ -127,3 +127,14 @@ def test_pinned_streaming_and_device_cohort_give_the_same_rows():
     for start in range(0, 64, 16):
         idx = np.arange(start, start + 16)
         assert torch.equal(pinned.rows(idx), stored.rows(idx))
+
+
+def test_deterministic_cuda_names_the_missing_cublas_setting(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+        with torch_settings(torch.device("cuda"), None, deterministic=True):
+            pass
+    before = torch.get_num_threads()
+    with torch_settings(torch.device("cpu"), 1, deterministic=True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
