@@ -192,6 +192,7 @@ def _edge_table(title: str, rows: list[dict[str, Any]], truth: set | None = None
     cols = ["source", "target", "weight", "orientation", "stability", "agreement"]
     table = _table(title, *cols, *(["in the true graph"] if truth is not None else []),
                    counts=("weight", "stability", "agreement"))  # fmt: skip
+    table.columns[cols.index("orientation")].min_width = len("undetermined")  # never cut
     for r in rows:
         cells = [
             r["source"], r["target"], f"{r['weight']:+.3f}", r.get("orientation") or "-",
