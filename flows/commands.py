@@ -51,11 +51,11 @@ def _console() -> Console:
 
 def _table(title: str, *columns: str, counts: tuple[str, ...] = ()) -> Table:
     """A table whose title stays on one line (rich wraps a title at the table's width); the
-    ``counts`` columns are right-aligned."""
+    ``counts`` columns are right-aligned; values fold, never end in an ellipsis."""
     text = Text(title, style="table.title", no_wrap=True, overflow="ignore")
     table = Table(title=text, title_justify="left")
-    for col in columns:
-        table.add_column(col, justify="right" if col in counts else "left")
+    for col in columns:  # a narrow terminal folds a long value onto more lines, never cuts it
+        table.add_column(col, justify="right" if col in counts else "left", overflow="fold")
     return table
 
 
@@ -188,11 +188,10 @@ def _fraction(x: float | None) -> str:
 
 def _edge_table(title: str, rows: list[dict[str, Any]], truth: set | None = None) -> Table:
     """Edges as a table: source, target, weight, orientation, stability, agreement (and,
-    with ``truth``, whether the edge is in the true graph)."""
+    with ``truth``, whether the edge is in the true graph: yes, reversed or no)."""
     cols = ["source", "target", "weight", "orientation", "stability", "agreement"]
-    table = _table(title, *cols, *(["in the true graph"] if truth is not None else []),
+    table = _table(title, *cols, *(["truth"] if truth is not None else []),
                    counts=("weight", "stability", "agreement"))  # fmt: skip
-    table.columns[cols.index("orientation")].min_width = len("undetermined")  # never cut
     for r in rows:
         cells = [
             r["source"], r["target"], f"{r['weight']:+.3f}", r.get("orientation") or "-",
