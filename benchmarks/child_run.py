@@ -1,7 +1,8 @@
-"""``cmcl run --config FILE`` in a child process, as a user runs it, for the benchmarks."""
+"""Helpers of the benchmarks: ``cmcl run`` in a child process, a JSON result line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,3 +21,12 @@ def cmcl_run(config: Path, key_hex: str = KEY) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def print_json_line(result: dict, out: Path | None) -> None:
+    """Print ``result`` as one JSON line and, with ``out``, write it there too."""
+    line = json.dumps(result)
+    print(line)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(line + "\n")

@@ -2,7 +2,7 @@
 
 Measures ``db.write.write_run_results`` with N latent rows (default 100,000, m = 16) plus a few
 edges, on a fresh SQLite file and a fresh PostgreSQL database, against a naive ORM loop
-(``session.add`` per row, one commit) on 10,000 rows, reporting seconds and rows/s.
+(one ORM ``add`` per row, one commit) on 10,000 rows, reporting seconds and rows/s.
 
 Usage (PostgreSQL is skipped when no server URL is given)::
 
@@ -65,19 +65,19 @@ def bench_helper(url: str, latents: list[LatentRow], m: int) -> tuple[float, flo
 
 
 def bench_naive(url: str, latents: list[LatentRow]) -> tuple[float, float]:
-    """(wall, CPU) seconds of the naive ORM way: one Session.add per row, one commit."""
+    """(wall, CPU) seconds of the naive ORM way: one ORM add per row, one commit."""
     engine = open_results(url)
     try:
         run_id = start_run(engine, config={"bench": True}, code_version="naive")
         t0, c0 = time.perf_counter(), time.process_time()
-        with Session(engine) as session:
+        with Session(engine) as orm:
             for r in latents:
-                session.add(
+                orm.add(
                     Latent(
                         run_id=run_id, image_key=r.image_key, patient_key=r.patient_key, z=list(r.z)
                     )
                 )
-            session.commit()
+            orm.commit()
         return time.perf_counter() - t0, time.process_time() - c0
     finally:
         engine.dispose()

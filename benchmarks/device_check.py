@@ -19,7 +19,6 @@ and ``ok`` (parity within target, every epoch finite). Exit status 1 when not ``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.child_run import print_json_line
 
 PARITY_TARGET = 1e-3
 FULL = {"n": 20_000, "size": 128, "epochs": 3, "batch": 256, "train_batch": 128}
@@ -167,11 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(onnx_check(model, images, u, cfg["batch"], device))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["ok"] = bool(finite and result["onnx_parity_max_abs_diff"] <= PARITY_TARGET)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    print_json_line(result, args.out)
     return result
 
 

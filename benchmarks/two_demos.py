@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.child_run import print_json_line
+
 KEY = "0" * 64  # a fixed pseudonym key: the same cohort order in every demo (synthetic data)
 
 
@@ -125,11 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    print_json_line(result, args.out)
     return result
 
 
