@@ -19,7 +19,27 @@ The pipeline of Appendix E.1:
    to its own random cell of a ``5 x 5`` matrix (``ceil(sqrt(m))`` squared when ``m > 25``;
    the other cells hold a fixed random background). A fixed sigmoid maps the cells to (0, 1),
    bilinear interpolation up-samples the matrix to ``image_size x image_size``, and pixel noise
-   is added (clipped to [0, 1]).
+   is added (clipped to [0, 1]). The rendering lives in :mod:`cmcl_core.render`.
+
+Realism options (all off by default; off, the output is bit-identical to the paper's process).
+Each draws from its own generator, seeded by ``(seed, factor)``, so switching one on leaves the
+graph, the SEM draws and the other factors' draws as they were:
+
+* ``jitter``: patient positioning; every image is shifted, rotated and zoomed a little
+  (:func:`cmcl_core.render.draw_pose`: at ``jitter=1`` shift sd 5 % of the side, rotation sd
+  5 degrees, zoom sd 5 %).
+* ``overlap``: each latent's footprint is a Gaussian blob of sd ``overlap`` cells around its
+  cell, so latents share pixels (:func:`cmcl_core.render.footprints`).
+* ``latent_correlation``: a hidden factor ``h ~ N(0, 1)`` enters the exogenous part of
+  ``max(2, m // 2)`` random latents as ``latent_correlation * h``. Latents are then dependent
+  given ``u``, which the paper assumes away; ``u`` and the graph are not confounded (a latent
+  that causes a ``u`` passes ``h`` on only through itself).
+* ``n_sites``: a categorical ``site`` (scanner) column is appended to ``u``: it sets each
+  image's gain and offset (a nuisance no latent stands for) and legitimately causes one latent
+  that is on no other edge (``site -> z_j``, a mean shift of 1 sd between neighbouring levels).
+
+:data:`REALISM_PRESETS` names combinations (``clean``, ``pose``, ``overlap``, ``correlated``,
+``site``, ``all``) for benchmarks that loop over factors.
 
 Named settings (:data:`GRAPH_SETTINGS`) reproduce the graphs of Figure 2 and Table 1.
 """
@@ -32,13 +52,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.special import expit
+
+from cmcl_core.realism import (
+    REALISM_PRESETS,
+    SITE_NAME,
+    Realism,
+    Sites,
+    factor_rng,
+    hidden_factor,
+    validate_realism,
+)
+from cmcl_core.render import (
+    apply_pose,
+    apply_scanner,
+    cell_field,
+    draw_pose,
+    footprints,
+    monotone_gp_warps,
+    standardise,
+    upsample,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GRAPH_SETTINGS", "SimulatedData", "simulate", "simulate_setting"]
+__all__ = [
+    "GRAPH_SETTINGS",
+    "REALISM_PRESETS",
+    "SITE_NAME",
+    "Realism",
+    "SimulatedData",
+    "simulate",
+    "simulate_setting",
+]
 
 #: Graph settings by the paper's name "edges/nodes": ``(d structured u, m latent z, n_edges)``.
 #: Figure 2 (Appendix E.2, second dataset) and Table 1 (third dataset, built like the first
@@ -56,9 +102,6 @@ GRAPH_SETTINGS: dict[str, tuple[int, int, int]] = {
 }
 
 _MLP_HIDDEN = 100  # as NOTEARS' simulate_nonlinear_sem
-_GP_GRID = 256  # points of the grid on which each GP log-slope is drawn
-_GP_FEATURES = 200  # random Fourier features per GP draw
-_GP_RANGE = 5.0  # the grid spans [-5, 5] standard deviations; linear beyond
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,17 +110,25 @@ class SimulatedData:
 
     Attributes:
         images: ``[n, 1, H, W]`` float32 in [0, 1].
-        u: ``[n, d]`` float64 structured variables (binary ones as 0.0 / 1.0).
+        u: ``[n, d]`` float64 structured variables (binary ones as 0.0 / 1.0; with sites, the
+            last column is ``site`` as integer codes ``0 .. n_sites - 1``).
         z: ``[n, m]`` float64 true latents.
-        u_types: ``"continuous"`` or ``"binary"`` per ``u`` column.
-        u_names: ``("u0", ..., "u{d-1}")``.
+        u_types: ``"continuous"``, ``"binary"`` or (``site``) ``"categorical"`` per ``u`` column.
+        u_names: ``("u0", ..., "u{d-1}")``, then ``"site"`` with sites.
         z_names: ``("z0", ..., "z{m-1}")``.
-        B_true: ``[d + m, d + m]`` int 0/1 adjacency over ``[u..., z...]``; ``B_true[i, j] = 1``
-            means ``i -> j``.
+        B_true: ``[d + m, d + m]`` int 0/1 adjacency over ``[u..., z...]`` (``d`` counting the
+            site column when there is one); ``B_true[i, j] = 1`` means ``i -> j``.
         z_cells: ``(row, col)`` of each ``z_j`` in the ``grid_size x grid_size`` matrix.
         grid_size: Side of the cell matrix (5 unless ``m > 25``).
         seed: The seed that reproduces this data set.
         setting: The :data:`GRAPH_SETTINGS` name, or ``None`` for a custom graph.
+        confounded: Indices of the latents that share the hidden factor
+            (``latent_correlation > 0``), else empty.
+        pose: ``[n, 4]`` per-image ``(dx, dy, angle, scale)`` (``jitter > 0``), else ``None``.
+        site_gain: Contrast factor of each site (``n_sites > 0``), else empty.
+        site_offset: Intensity offset of each site, else empty.
+        site_shift: Mean shift each site adds to the latent it causes (the ``site`` row of
+            ``B_true`` names it; all zero when no latent was free), else empty.
     """
 
     images: np.ndarray
@@ -91,6 +142,11 @@ class SimulatedData:
     grid_size: int
     seed: int
     setting: str | None = None
+    confounded: tuple[int, ...] = ()
+    pose: np.ndarray | None = None
+    site_gain: tuple[float, ...] = ()
+    site_offset: tuple[float, ...] = ()
+    site_shift: tuple[float, ...] = ()
 
     @property
     def uz(self) -> np.ndarray:
@@ -136,45 +192,6 @@ def _random_mlp(rng: np.random.Generator, parent: np.ndarray, min_signal_std: fl
     return f
 
 
-def _monotone_gp_warps(
-    rng: np.random.Generator, s: np.ndarray, length_scale: float, amplitude: float
-) -> np.ndarray:
-    """Random smooth increasing functions of each column: ``[n, m] -> [n, m]``.
-
-    For column ``j``, ``h_j(t) = int_0^t exp(amplitude * g_j(r)) dr`` with ``g_j`` a draw of a
-    zero-mean GP with kernel ``exp(-(r - r')^2 / (2 length_scale^2))`` (by random Fourier
-    features) on a grid over [-5, 5]; evaluated by linear interpolation, and continued linearly
-    (with the end slopes) outside the grid, so every ``h_j`` is strictly increasing.
-    """
-    n_lat = s.shape[1]
-    grid = np.linspace(-_GP_RANGE, _GP_RANGE, _GP_GRID)  # [G]
-    # GP draws by random Fourier features (Rahimi & Recht 2007): with omega ~ N(0, 1 / l^2),
-    # b ~ U(0, 2 pi), a ~ N(0, 1), sqrt(2 / K) sum_k a_k cos(omega_k r + b_k) has the RBF kernel
-    # as K -> infinity; no Cholesky factorisation needed.
-    omega = rng.standard_normal((_GP_FEATURES, n_lat)) / length_scale  # [K, m]
-    phase = rng.uniform(0.0, 2 * np.pi, size=(_GP_FEATURES, n_lat))  # [K, m]
-    weight = rng.standard_normal((_GP_FEATURES, n_lat))  # [K, m]
-    feats = np.cos(grid[:, None, None] * omega[None] + phase[None])  # [G, K, m]
-    g = np.sqrt(2.0 / _GP_FEATURES) * np.einsum("gkm,km->gm", feats, weight)  # [G, m]
-    slope = np.exp(amplitude * g)  # [G, m] > 0
-    step = grid[1] - grid[0]
-    h = np.vstack([np.zeros((1, n_lat)), np.cumsum(0.5 * (slope[1:] + slope[:-1]) * step, 0)])
-    out = np.empty_like(s)
-    for j in range(n_lat):  # a loop over latents, not samples
-        t = np.clip(s[:, j], -_GP_RANGE, _GP_RANGE)
-        out[:, j] = (
-            np.interp(t, grid, h[:, j])
-            + slope[0, j] * np.minimum(s[:, j] - t, 0.0)
-            + slope[-1, j] * np.maximum(s[:, j] - t, 0.0)
-        )
-    return out
-
-
-def _standardise(a: np.ndarray) -> np.ndarray:
-    std = a.std(axis=0)
-    return (a - a.mean(axis=0)) / np.where(std > 0, std, 1.0)
-
-
 def simulate(
     d: int,
     m: int,
@@ -190,19 +207,26 @@ def simulate(
     min_signal_std: float = 1.0,
     setting: str | None = None,
     edges: Sequence[tuple[int, int, bool]] | None = None,
+    jitter: float = 0.0,
+    overlap: float = 0.0,
+    latent_correlation: float = 0.0,
+    n_sites: int = 0,
 ) -> SimulatedData:
     """Simulate images, structured variables and latents with a known bipartite DAG.
 
-    See the module docstring for the generating process (paper Appendix E.1).
+    See the module docstring for the generating process (paper Appendix E.1) and the realism
+    options (all off by default: the paper's process, bit for bit).
 
     Args:
-        d: Number of structured variables ``u`` (>= 1).
+        d: Number of structured variables ``u`` (>= 1), not counting the site column.
         m: Number of latent variables ``z`` (>= 1).
         n_edges: Number of ``u``-``z`` edges, ``0 <= n_edges <= min(d, m)``.
         n: Number of samples (>= 2).
         image_size: Side ``H = W`` of the images (>= the cell matrix side).
-        n_binary: How many ``u`` are binary (the first ``n_binary`` columns), ``<= d``.
-        seed: Seed of the single ``numpy.random.Generator`` used throughout.
+        n_binary: How many ``u`` are binary (the first ``n_binary`` columns), ``<= d``; a share
+            ``p`` of binary variables is ``n_binary=round(p * d)``.
+        seed: Seed of the ``numpy.random.Generator`` of the paper's process (the realism
+            options draw from generators seeded by ``(seed, factor)``).
         image_noise: Standard deviation of the pixel noise (>= 0).
         latent_noise: Standard deviation of the noise added to each warped, standardised latent
             before it is drawn (>= 0).
@@ -216,6 +240,26 @@ def simulate(
         edges: The graph instead of a random one: ``(u index, z index, causal)`` per edge,
             ``causal`` True for ``u -> z``; each node in at most one edge. ``n_edges`` must
             equal its length.
+        jitter: Pose jitter (>= 0): per image a shift of sd ``0.05 * jitter * image_size``
+            pixels, a rotation of sd ``5 * jitter`` degrees and a zoom of sd ``0.05 * jitter``,
+            each clipped at 2 sd, applied before the pixel noise (border padding).
+        overlap: Footprint width (>= 0): each latent spreads as a Gaussian blob of sd
+            ``overlap`` cell pitches around its cell and overlapping latents share cells
+            (:func:`cmcl_core.render.cell_field`); 1 puts 0.61 of a latent into each
+            neighbouring cell.
+        latent_correlation: Weight ``c`` (>= 0) of a hidden factor ``h ~ N(0, 1)`` added to
+            ``max(2, m // 2)`` random latents (``z_j += c h``, in their exogenous part: before
+            a latent's ``u`` children are drawn). Two such latents that are roots have
+            correlation ``c^2 / (1 + c^2)``; deliberately breaks the paper's assumption that
+            latents are independent given ``u``. Needs ``m >= 2``.
+        n_sites: Number of scanner sites (0, or >= 2): appends a categorical ``u`` column
+            ``site`` (codes drawn uniformly) that gives each image its site's gain (in
+            [0.7, 1.3]) and offset (in [-0.15, 0.15]; both uniform, one draw per stratum of
+            ``1 / n_sites`` of the range, so sites differ), ``x -> 0.5 + gain (x - 0.5) +
+            offset`` before the pixel noise, and shifts one latent that is on no other edge by
+            a per-site mean (levels ``k - (n_sites - 1) / 2`` in random order: 1 sd apart),
+            with the edge ``site -> z_j`` in ``B_true``. With no free latent there is no such
+            edge.
 
     Returns:
         A :class:`SimulatedData`.
@@ -235,6 +279,7 @@ def simulate(
         gp_length_scale,
         min_signal_std,
     )
+    validate_realism(m, jitter, overlap, latent_correlation, n_sites)
     rng = np.random.default_rng(seed)
     # (1) the graph: n_edges random one-to-one u-z pairs, each with a random direction
     if edges is None:
@@ -253,6 +298,9 @@ def simulate(
     for j in np.flatnonzero(~is_child):
         binary = j < d and u_types[j] == "binary"
         X[:, j] = rng.binomial(1, 0.5, size=n) if binary else rng.standard_normal(n)
+    confounded, h = hidden_factor(seed, n, m, latent_correlation)  # (k,), [n]
+    roots = [d + j for j in confounded if not is_child[d + j]]
+    X[:, roots] += latent_correlation * h[:, None]  # before their children are drawn
     for j in np.flatnonzero(is_child):
         parent = int(np.flatnonzero(B[:, j])[0])
         f = _random_mlp(rng, X[:, parent], min_signal_std)  # [n]
@@ -260,41 +308,56 @@ def simulate(
             X[:, j] = rng.binomial(1, expit(f))  # logistic link
         else:
             X[:, j] = f + rng.standard_normal(n)  # additive N(0, 1) noise
+    children = [d + j for j in confounded if is_child[d + j]]
+    X[:, children] += latent_correlation * h[:, None]
     u, z = X[:, :d].copy(), X[:, d:].copy()
+    site = Sites.draw(seed, n, n_sites, free=np.flatnonzero(B[d:].sum(1) + B[:, d:].sum(0) == 0))
+    if site.latent is not None:
+        z[:, site.latent] += site.shift[site.codes]  # [n]
     # (3) images from z (standardised with this sample's mean and std): monotone GP warp + noise,
-    # random cells, sigmoid, bilinear up-sampling
+    # random cells (latent footprints), sigmoid, bilinear up-sampling; then pose and scanner
     grid_size = 5 if m <= 25 else math.ceil(math.sqrt(m))
     if m > 25:
         logger.info("simulate: m = %d > 25 latents, using a %d-cell square matrix", m, grid_size**2)
-    warped = _standardise(_monotone_gp_warps(rng, _standardise(z), gp_length_scale, gp_amplitude))
+    warped = standardise(monotone_gp_warps(rng, standardise(z), gp_length_scale, gp_amplitude))
     cells_val = warped + latent_noise * rng.standard_normal((n, m))  # [n, m]
     cells = rng.permutation(grid_size * grid_size)[:m]  # [m] flat cell of each z_j
     background = rng.standard_normal(grid_size * grid_size)  # fixed across samples
-    mat = np.tile(background, (n, 1))  # [n, g*g]
-    mat[:, cells] = cells_val
-    mat = expit(mat).reshape(n, 1, grid_size, grid_size)  # [n, 1, g, g] in (0, 1)
-    with torch.no_grad():
-        up = F.interpolate(
-            torch.from_numpy(mat),
-            size=(image_size, image_size),
-            mode="bilinear",
-            align_corners=True,
-        ).numpy()  # [n, 1, g, g] -> [n, 1, H, W]
+    field = cell_field(cells_val, background, footprints(cells, grid_size, overlap))  # [n, g*g]
+    up = upsample(field, grid_size, image_size)  # [n, 1, H, W]
+    pose = None
+    if jitter > 0:
+        pose = draw_pose(factor_rng(seed, "pose"), n, jitter, image_size)  # [n, 4]
+        up = apply_pose(up, pose)
+    if n_sites:
+        up = apply_scanner(up, site.gain[site.codes], site.offset[site.codes])
     up = up + image_noise * rng.standard_normal(up.shape)
     images = np.clip(up, 0.0, 1.0).astype(np.float32)
+    u_names = tuple(f"u{i}" for i in range(d))
+    if n_sites:  # the site column goes last among u, before the latents
+        u = np.hstack([u, site.codes[:, None].astype(np.float64)])
+        u_types, u_names = u_types + ("categorical",), u_names + (SITE_NAME,)
+        B = np.insert(np.insert(B, d, 0, axis=0), d, 0, axis=1)  # [d+1+m, d+1+m]
+        if site.latent is not None:
+            B[d, d + 1 + site.latent] = 1
     logger.debug("simulate: d=%d m=%d edges=%d n=%d seed=%d", d, m, n_edges, n, seed)
     return SimulatedData(
         images=images,
         u=u,
         z=z,
         u_types=u_types,
-        u_names=tuple(f"u{i}" for i in range(d)),
+        u_names=u_names,
         z_names=tuple(f"z{j}" for j in range(m)),
         B_true=B,
         z_cells=tuple((int(c) // grid_size, int(c) % grid_size) for c in cells),
         grid_size=grid_size,
         seed=seed,
         setting=setting,
+        confounded=tuple(int(j) for j in confounded),
+        pose=pose,
+        site_gain=tuple(site.gain.tolist()),
+        site_offset=tuple(site.offset.tolist()),
+        site_shift=tuple(site.shift.tolist()),
     )
 
 
@@ -358,7 +421,8 @@ def simulate_setting(
         n: Number of samples.
         image_size: Image side.
         seed: Random seed.
-        **kwargs: Further keyword arguments of :func:`simulate` (``n_binary``, noise levels).
+        **kwargs: Further keyword arguments of :func:`simulate` (``n_binary``, noise levels,
+            the realism options, e.g. ``**REALISM_PRESETS["all"].kwargs()``).
 
     Returns:
         A :class:`SimulatedData` with ``setting=name``.

@@ -114,6 +114,46 @@ def synthetic(
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces every byte.")] = 0,
     mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,
     image_size: Annotated[int, typer.Option(help="Side of the stored images, in pixels.")] = 64,
+    realism: Annotated[
+        str,
+        typer.Option(
+            metavar="<preset>",
+            help="Realism preset: clean, pose, overlap, correlated, site or all (the four "
+            "options below at 1, 3 sites); the options below override it.",
+        ),
+    ] = "clean",
+    jitter: Annotated[
+        float | None,
+        typer.Option(
+            help="Patient positioning jitter (1: shift sd 5% of the side, rotation sd 5 "
+            "degrees, zoom sd 5%).",
+            show_default=False,
+        ),
+    ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option(
+            help="Spread of each latent over neighbouring regions, in cells (0: one region "
+            "per latent).",
+            show_default=False,
+        ),
+    ] = None,
+    latent_correlation: Annotated[
+        float | None,
+        typer.Option(
+            metavar="<w>",
+            help="Weight w of a hidden factor shared by half of the latents (0: none).",
+            show_default=False,
+        ),
+    ] = None,
+    sites: Annotated[
+        int | None,
+        typer.Option(
+            help="Scanner sites (0: none): a categorical clinical column 'site' that sets "
+            "image contrast and causes one latent.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic DICOM cohort with a known causal graph.
 
@@ -126,6 +166,11 @@ def synthetic(
         seed=seed,
         mr_patients=mr_patients,
         image_size=image_size,
+        realism=realism,
+        jitter=jitter,
+        overlap=overlap,
+        latent_correlation=latent_correlation,
+        sites=sites,
     )
 
 

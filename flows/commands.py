@@ -32,7 +32,7 @@ from pipeline.ingest.scan import IngestResult, ingest
 from pipeline.model.score import ScoreResult, score_run
 from pipeline.pacs.connect import check_source
 from pipeline.pseudonyms import pseudonym_key_from_env
-from pipeline.synthetic.cohort import CohortInfo, make_synthetic_cohort
+from pipeline.synthetic.cohort import CohortInfo, make_synthetic_cohort, realism_options
 
 # The temporary local API (no PREFECT_API_URL) gets 20 s to start by default; a busy machine
 # needs more. Its telemetry heartbeat only adds SQLite lock contention. Values set in the
@@ -250,9 +250,29 @@ def synthetic_command(
     seed: int,
     mr_patients: int,
     image_size: int,
+    realism: str = "clean",
+    jitter: float | None = None,
+    overlap: float | None = None,
+    latent_correlation: float | None = None,
+    sites: int | None = None,
     console: Console | None = None,
 ) -> CohortInfo:
-    """``cmcl synthetic``: write a synthetic cohort and say what it holds."""
+    """``cmcl synthetic``: write a synthetic cohort and say what it holds.
+
+    ``realism`` names a preset of ``cmcl_core.simulate.REALISM_PRESETS``; ``jitter``,
+    ``overlap``, ``latent_correlation`` and ``sites`` (``n_sites``) override its values
+    when given.
+
+    Raises:
+        ConfigError: an unknown preset, an invalid option, an unusable folder.
+    """
+    options = realism_options(
+        realism,
+        jitter=jitter,
+        overlap=overlap,
+        latent_correlation=latent_correlation,
+        n_sites=sites,
+    )
     info = make_synthetic_cohort(
         out,
         n_patients=n_patients,
@@ -260,6 +280,7 @@ def synthetic_command(
         seed=seed,
         mr_patients=mr_patients,
         image_size_dicom=image_size,
+        realism=options,
     )
     (console or _console()).print(info.describe(), highlight=False)
     return info

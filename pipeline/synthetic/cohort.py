@@ -8,7 +8,8 @@ Appendix E.1: a bipartite DAG between clinical variables ``u`` and latents ``z``
       dicom/batch_000/img_000017.dcm ...   chest-X-ray-like CR/DX files, 12-bit, some MONOCHROME1,
                                            some of another size, a few broken files mixed in
       dicom/mr_series_000/slice_003.dcm    optional 3D MR series (off by default)
-      clinical.db                          SQLite, table clinical_records(mrn, covid, age, ...)
+      clinical.db                          SQLite, table clinical_records(mrn, covid, age, ...;
+                                           site with scanner sites)
       config.yaml                          a ready pipeline config (absolute paths)
       truth.json                           the true graph, B_true, the setting, seed, every
                                            broken file and why, the expected counts
@@ -27,10 +28,17 @@ What the cohort holds is planned in :mod:`pipeline.synthetic.plan`, written by
 :mod:`pipeline.synthetic.writer` (DICOM) and :mod:`pipeline.synthetic.files` (the rest). Header
 values look like PHI but are plainly synthetic; file names never contain a patient id; a seed
 reproduces every byte.
+
+``realism`` (:class:`cmcl_core.simulate.Realism`; named presets in
+:data:`cmcl_core.simulate.REALISM_PRESETS`) makes the images look more like a hospital's: pose
+jitter, overlapping latents, latents that share a hidden factor, scanner sites. With sites, the
+clinical table gets a text column ``site`` (``site_a``, ``site_b``, ...) that config.yaml declares
+categorical; truth.json records every option and what it drew (``truth["realism"]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,9 +50,21 @@ from typing import Any
 
 import numpy as np
 
-from cmcl_core.simulate import GRAPH_SETTINGS, simulate
+from cmcl_core.realism import validate_realism
+from cmcl_core.simulate import (
+    GRAPH_SETTINGS,
+    REALISM_PRESETS,
+    SITE_NAME,
+    Realism,
+    simulate,
+)
 from pipeline.errors import ConfigError
-from pipeline.synthetic.files import write_clinical, write_config, write_truth_latents
+from pipeline.synthetic.files import (
+    realism_truth,
+    write_clinical,
+    write_config,
+    write_truth_latents,
+)
 from pipeline.synthetic.plan import (
     UidSource,
     assign_roles,
@@ -58,6 +78,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR = "pipeline.synthetic"  # in truth.json: marks a folder this generator may refresh
 _OURS = ("dicom", "clinical.db", "truth.json", "truth_latents.npz", "config.yaml")
+_MAX_SITES = 26  # site labels site_a .. site_z sort in code order
 _BINARY_NAMES = ("covid", "smoker", "diabetes", "hypertension", "icu_admission", "copd")
 
 
@@ -105,10 +126,12 @@ class CohortInfo:
         clinical_db: the SQLite clinical database.
         config_path: the ready pipeline config.
         truth_path: ``truth.json``.
-        u_names: clinical variable names (columns of ``clinical_records``).
-        u_types: their types (``binary`` / ``continuous``).
+        u_names: clinical variable names (columns of ``clinical_records``; ``site`` last when
+            there are scanner sites).
+        u_types: their types (``binary`` / ``continuous``; ``categorical`` for ``site``).
         true_edges: the true directed edges ``(cause, effect)`` with latents named ``z0..``.
         expected: the counts ingest and the join should report (``truth.json["expected"]``).
+        realism: the realism options the images were simulated with.
     """
 
     out_dir: Path
@@ -120,6 +143,7 @@ class CohortInfo:
     u_types: tuple[str, ...]
     true_edges: tuple[tuple[str, str], ...]
     expected: dict[str, Any]
+    realism: Realism = Realism()
 
     def describe(self) -> str:
         """A short human-readable summary (paths, true edges, expected counts) for the CLI."""
@@ -138,9 +162,42 @@ class CohortInfo:
                 f"{e['images_without_record']} images without a record, "
                 f"{e['records_without_image']} records without an image, "
                 f"{e['records_excluded_missing']} records with a missing value",
+                *(
+                    [f"  realism: {_describe_realism(self.realism)}"]
+                    if self.realism != Realism()
+                    else []
+                ),
                 f"  config: {self.config_path}   ground truth: {self.truth_path}",
             ]
         )
+
+
+def realism_options(preset: str = "clean", **overrides: float | int | None) -> Realism:
+    """The realism of a preset (:data:`cmcl_core.simulate.REALISM_PRESETS`) with some options
+    replaced: ``overrides`` are ``Realism`` fields, ``None`` meaning "the preset's value".
+
+    Raises:
+        ConfigError: an unknown preset or an invalid option value.
+    """
+    if preset not in REALISM_PRESETS:
+        raise ConfigError(
+            f"unknown realism preset {preset!r}", f"use one of {', '.join(REALISM_PRESETS)}"
+        )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    realism = dataclasses.replace(REALISM_PRESETS[preset], **given)
+    try:
+        validate_realism(2, **realism.kwargs())
+    except ValueError as err:
+        problem = str(err).removeprefix("simulate: ")
+        raise ConfigError(problem, "see cmcl synthetic --help") from None
+    return realism
+
+
+def _describe_realism(r: Realism) -> str:
+    parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in r.kwargs().items() if v and k != "n_sites"]
+    if r.n_sites:
+        parts.append(f"{r.n_sites} scanner sites (clinical column {SITE_NAME})")
+    return ", ".join(parts)
 
 
 def make_synthetic_cohort(
@@ -164,6 +221,7 @@ def make_synthetic_cohort(
     mr_patients: int = 0,
     mr_slices: int = 8,
     workers: int | None = None,
+    realism: Realism = Realism(),
 ) -> CohortInfo:
     """Write a synthetic DICOM cohort, its clinical SQLite database, config and ground truth.
 
@@ -193,6 +251,8 @@ def make_synthetic_cohort(
         mr_patients: patients whose image is written as an MR series instead of a radiograph.
         mr_slices: slices per MR series (the two central ones hold the image exactly).
         workers: processes writing files (default: up to 2 of the CPUs; 1: in this process).
+        realism: pose jitter, latent overlap, latent correlation and scanner sites of the
+            images (default: none, the paper's images); ``n_sites`` at most 26.
 
     Returns:
         Paths and the expected counts.
@@ -215,6 +275,17 @@ def make_synthetic_cohort(
             f"use n_patients >= {n_special + 4}",
         )
     names = _variable_names(d, n_binary, var_names)
+    if realism.n_sites:
+        if SITE_NAME in names:
+            raise ConfigError(
+                f"a clinical variable is named {SITE_NAME!r}, the scanner sites' column",
+                "rename it in var_names or use no sites",
+            )
+        if realism.n_sites > _MAX_SITES:
+            raise ConfigError(
+                f"n_sites={realism.n_sites} sites", f"use at most {_MAX_SITES} scanner sites"
+            )
+        names = (*names, SITE_NAME)
     out_dir = _prepare(Path(out_dir))
     rng = np.random.default_rng(seed)
     sim = simulate(
@@ -227,6 +298,7 @@ def make_synthetic_cohort(
         seed=seed,
         setting=setting,
         edges=None if named is None else named.edges,
+        **realism.kwargs(),
     )
     roles = assign_roles(rng, n_patients, n_orphan, missing_values, mr_patients, repeat_fraction)
     pids = [f"SYN{x:08d}" for x in rng.choice(10**8, size=n_patients, replace=False)]
@@ -267,7 +339,8 @@ def make_synthetic_cohort(
         "edges": [{"source": a, "target": b} for a, b in edges],
         "B_true": sim.B_true.tolist(),
         "z_cells": [list(c) for c in sim.z_cells],
-        "binary_coding": coding,
+        "binary_coding": {k: v for k, v in coding.items() if k != SITE_NAME},
+        "realism": realism_truth(realism, sim, coding.get(SITE_NAME)),
         "pixel_encoding": {
             "bits_stored": 12,
             "max_stored": MAX_STORED,
@@ -302,6 +375,7 @@ def make_synthetic_cohort(
         u_types=tuple(sim.u_types),
         true_edges=edges,
         expected=expected,
+        realism=realism,
     )
 
 

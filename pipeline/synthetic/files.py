@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cmcl_core.simulate import SimulatedData
+from cmcl_core.simulate import REALISM_PRESETS, SITE_NAME, Realism, SimulatedData
 from pipeline.pseudonyms import image_key, series_key
 from pipeline.synthetic.plan import Plan, Roles
 
@@ -66,6 +66,7 @@ def write_truth_latents(path: Path, plan: Plan, roles: Roles, sim: SimulatedData
         joined=np.isin(idx, joined),
         u=sim.u[idx],  # [images, d]
         z=sim.z[idx],  # [images, m]
+        **({} if sim.pose is None else {"pose": sim.pose[idx]}),  # [images, 4] dx dy deg scale
     )
 
 
@@ -78,13 +79,20 @@ def write_clinical(
     rng: np.random.Generator,
 ) -> dict[str, dict[str, int]]:
     """Write ``clinical_records`` (no row for orphan images; one NULL per ``missing`` patient);
-    binary variables as text (first: negative/positive, others no/yes). Returns the coding."""
+    binary variables as text (first: negative/positive, others no/yes), categorical ones as
+    ``<name>_a``, ``<name>_b``, ... (at most 26 levels, so the labels sort in code order).
+    Returns the coding, label -> code per text column."""
     coding: dict[str, dict[str, int]] = {}
-    words: dict[str, tuple[str, str]] = {}
+    words: dict[str, tuple[str, ...]] = {}
     for j, (name, vtype) in enumerate(zip(names, sim.u_types, strict=True)):
         if vtype == "binary":
             words[name] = ("negative", "positive") if j == 0 else ("no", "yes")
-            coding[name] = {words[name][0]: 0, words[name][1]: 1}
+        elif vtype == "categorical":
+            n_levels = int(sim.u[:, j].max()) + 1
+            words[name] = tuple(f"{name}_{chr(ord('a') + k)}" for k in range(n_levels))
+        else:
+            continue
+        coding[name] = {w: k for k, w in enumerate(words[name])}
     no_row = set(roles.orphan_img.tolist())
     null_col = {int(i): int(rng.integers(len(names))) for i in roles.missing.tolist()}
     rows = []
@@ -133,3 +141,25 @@ def write_config(
         + yaml.safe_dump(cfg, sort_keys=False)
     )
     return path
+
+
+def realism_truth(
+    realism: Realism, sim: SimulatedData, site_coding: dict[str, int] | None
+) -> dict[str, Any]:
+    """truth.json's ``realism``: the options, the matching preset's name, and what they drew."""
+    preset = next((k for k, v in REALISM_PRESETS.items() if v == realism), None)
+    out: dict[str, Any] = {"preset": preset, **realism.kwargs()}
+    out["confounded_latents"] = [sim.z_names[j] for j in sim.confounded]
+    # the pose of each image: truth_latents.npz["pose"], [images, 4] = (dx, dy, degrees, scale)
+    out["pose_in"] = "truth_latents.npz" if sim.pose is not None else None
+    if site_coding is not None:
+        caused = [sim.var_names[j] for j in np.flatnonzero(sim.B_true[sim.u.shape[1] - 1])]
+        out["site"] = {
+            "column": SITE_NAME,
+            "coding": site_coding,
+            "gain": list(sim.site_gain),
+            "offset": list(sim.site_offset),
+            "latent_shift": list(sim.site_shift),
+            "causes": caused,
+        }
+    return out

@@ -14,13 +14,13 @@ import pytest
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from cmcl_core.simulate import simulate
+from cmcl_core.simulate import REALISM_PRESETS, Realism, simulate
 from pipeline.clinical.join import join_cohort
 from pipeline.clinical.source import load_clinical
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.pseudonyms import image_key, patient_key
-from pipeline.synthetic.cohort import make_synthetic_cohort
+from pipeline.synthetic.cohort import make_synthetic_cohort, realism_options
 from pipeline.synthetic.files import true_latents
 from pipeline.synthetic.writer import MAX_STORED
 
@@ -348,3 +348,94 @@ def test_cli_synthetic_command(tmp_path):
     assert "true edges:" in ok.output and (tmp_path / "s" / "truth.json").is_file()
     bad = runner.invoke(app, ["synthetic", "--out", str(tmp_path / "t"), "--n-patients", "3"])
     assert bad.exit_code == 2 and "too small" in bad.output
+
+
+# --- realism ----------------------------------------------------------------------------------
+
+
+def test_realism_cxr_cohort_has_a_site_column_and_records_the_truth(tmp_path):
+    info = make_synthetic_cohort(
+        tmp_path / "r",
+        setting="cxr",
+        n_patients=30,
+        image_size_dicom=16,
+        n_broken=0,
+        workers=1,
+        realism=REALISM_PRESETS["all"],
+    )
+    truth = json.loads(info.truth_path.read_text())
+    assert info.u_names[-1] == "site" and info.u_types[-1] == "categorical"
+    assert truth["u_names"] == ["covid", "icu_admission", "sex", "age", "fev1", "site"]
+    # the cxr graph's nuisance latent z4 is the only one on no edge: the site causes it
+    assert ("site", "z4") in info.true_edges and len(info.true_edges) == 5
+    r = truth["realism"]
+    assert r["preset"] == "all" and r["n_sites"] == 3 and r["jitter"] == 1.0
+    assert r["site"]["coding"] == {"site_a": 0, "site_b": 1, "site_c": 2}
+    assert r["site"]["causes"] == ["z4"] and len(r["site"]["gain"]) == 3
+    assert len(r["confounded_latents"]) == 2 and "site" not in truth["binary_coding"]
+    con = sqlite3.connect(info.clinical_db)
+    sites = {row[0] for row in con.execute("SELECT site FROM clinical_records")}
+    con.close()
+    assert sites <= {"site_a", "site_b", "site_c"} and len(sites) == 3
+    cfg = load_config(info.config_path)
+    assert cfg.clinical.variables["site"] == "categorical"
+    clinical = load_clinical(cfg.clinical, key=KEY)
+    assert clinical.u_types[-1] == "categorical"
+    assert clinical.levels["site"] == ("site_a", "site_b", "site_c")
+    lat = np.load(info.out_dir / "truth_latents.npz")
+    assert lat["pose"].shape == (len(lat["z"]), 4) and lat["u"].shape[1] == 6
+    # the site codes stored with the truth are the clinical table's labels' codes
+    sim = simulate(5, 5, 4, n=30, image_size=16, n_binary=3, seed=0,
+                   edges=[(0, 0, True), (1, 3, False), (3, 1, True), (4, 2, False)],
+                   **REALISM_PRESETS["all"].kwargs())  # fmt: skip
+    np.testing.assert_array_equal(lat["u"], sim.u[lat["sample"]])
+
+
+def test_realism_options_and_their_errors(tmp_path):
+    assert realism_options() == Realism()
+    assert realism_options("all", jitter=0.5, n_sites=None) == Realism(0.5, 1.0, 1.0, 3)
+    assert realism_options("clean", n_sites=2).n_sites == 2
+    for kwargs, match in (
+        ({"preset": "hospital"}, "unknown realism preset"),
+        ({"n_sites": 1}, "n_sites"),
+        ({"jitter": -1.0}, "jitter"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            realism_options(**kwargs)
+    with pytest.raises(ConfigError, match="at most 26"):
+        make_synthetic_cohort(tmp_path / "a", n_patients=20, realism=Realism(n_sites=27))
+    with pytest.raises(ConfigError, match="named 'site'"):
+        make_synthetic_cohort(
+            tmp_path / "b", n_patients=20, d=2, m=2, n_edges=1, n_binary=0,
+            var_names=["age", "site"], realism=Realism(n_sites=2),
+        )  # fmt: skip
+
+
+def test_default_cohort_records_no_realism(truth):
+    assert truth["realism"]["preset"] == "clean" and "site" not in truth["realism"]
+    assert truth["realism"]["confounded_latents"] == [] and truth["realism"]["pose_in"] is None
+
+
+def test_cli_synthetic_realism_all_writes_a_cohort_whose_config_ingests(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from pipeline.ingest.scan import ingest
+
+    args = ["synthetic", "--n-patients", "30", "--image-size", "16", "--realism", "all"]
+    res = CliRunner().invoke(app, [*args, "--jitter", "0.5", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "realism: jitter 0.5, overlap 1, latent correlation 1, 3 scanner sites" in res.output
+    truth = json.loads((tmp_path / "s" / "truth.json").read_text())
+    assert truth["realism"]["preset"] is None and truth["realism"]["jitter"] == 0.5
+    cfg = load_config(tmp_path / "s" / "config.yaml")
+    result = ingest(cfg, key=KEY)
+    exp = truth["expected"]
+    assert result.catalogued == exp["files_catalogued"] and len(result.images) == exp["images_in"]
+    joined = join_cohort(result.images, load_clinical(cfg.clinical, key=KEY))
+    assert joined.counts.images_joined == exp["images_joined"]
+    assert joined.u_names[-1] == "site" and joined.u_types[-1] == "categorical"
+    assert set(np.unique(joined.u[:, -1])) <= {0.0, 1.0, 2.0}
+    bad = CliRunner().invoke(app, [*args[:-1], "x", "--out", str(tmp_path / "t")])
+    assert bad.exit_code == 2 and "unknown realism preset" in bad.output
+    assert not (tmp_path / "t").exists()
