@@ -49,7 +49,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,6 +165,18 @@ def _fit_cmcl(data, method: str, seed: int, opts: _FitOptions):
     return z_hat, np.asarray(model.weighted_adjacency_), {"epochs_run": epochs_run}
 
 
+def _learner_u(u: np.ndarray, u_types: Sequence[str]) -> np.ndarray:
+    """``u`` as the learners' conditioning input: a categorical column becomes one indicator
+    column per level (as CMCL's u features); without one, ``u`` itself."""
+    if "categorical" not in u_types:
+        return u
+    cols = []
+    for i, t in enumerate(u_types):
+        col = np.asarray(u[:, i : i + 1], np.float64)  # [n, 1]
+        cols.append(col == np.unique(col) if t == "categorical" else col)  # [n, K] or [n, 1]
+    return np.concatenate(cols, axis=1).astype(np.float64)  # [n, d'], d' = sum of widths
+
+
 def _representation(data, method: str, seed: int, opts: _FitOptions) -> tuple[np.ndarray, dict]:
     """z_hat [n, m] of a two-stage method or reference, and what it cost."""
     m = data.z.shape[1]
@@ -180,7 +192,8 @@ def _representation(data, method: str, seed: int, opts: _FitOptions) -> tuple[np
     kind = method.removesuffix("_rot")
     cfg = BaselineConfig.from_recipe(opts.recipe, m)
     learner = TwoStageLearner(kind, m, cfg, device=opts.device, seed=seed)
-    z_hat = learner.fit(data.images, data.u).transform(data.images, data.u)  # [n, m]
+    u = _learner_u(data.u, data.u_types)  # [n, d'] (one-hot categorical columns)
+    z_hat = learner.fit(data.images, u).transform(data.images, u)  # [n, m]
     info = {"epochs_run": cfg.epochs, "rep_s": learner.fit_seconds_}
     if method in ROTATED:  # CMCL's sparse rotation of the learnt latents
         A, b, gain = sparse_basis(learner.net_.decoder, z_hat, seed)
@@ -207,6 +220,7 @@ def run_cell(
     base: CMCLConfig,
     device: str | None = None,
     mic_max_latents: int = 12,
+    extra_scores: Callable[[object, np.ndarray, np.ndarray], dict] | None = None,
 ) -> dict:
     """Fit one method on one dataset and score it.
 
@@ -216,7 +230,10 @@ def run_cell(
         seed: model seed.
         base: the recipe (:func:`recipe`) every method is trained and solved with.
         device: torch device, None for automatic.
-        mic_max_latents: largest m scored with the full MIC matching (see ``_score``).
+        mic_max_latents: largest m scored with the full MIC matching (see ``_score``; 0
+            matches every latent by |Spearman|).
+        extra_scores: further metrics of ``(data, z_hat, W)`` (``z_hat`` [n, m], ``W`` the
+            weighted adjacency over ``[u, z_hat]``) added to the record; None adds none.
 
     Returns:
         A record with the metrics, ``fit_s`` (whole fit), ``epoch_s`` (seconds per
@@ -228,6 +245,8 @@ def run_cell(
     z_hat, W, info = fit(data, method, seed, _FitOptions(base, device))
     fit_s = time.perf_counter() - t0
     rec = _score(data, z_hat, W, mic_max_latents)
+    if extra_scores is not None:
+        rec.update(extra_scores(data, z_hat, W))
     rec.update(info, fit_s=fit_s, score_s=time.perf_counter() - t0 - fit_s)
     # seconds per representation-learning epoch (two-stage: without the DAG stage)
     rep_s = info.get("rep_s", fit_s)
