@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stability = {"level": "dag"} | ({"resamples": args.resamples} if args.resamples else {})
     records = []
+    load_start = os.getloadavg()
     for name in args.cohorts:
         work = args.work / name
         info = make_synthetic_cohort(
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": cmd,
         "date": time.strftime("%Y-%m-%d"),
         "stability": stability,
+        "loadavg_at_start": load_start,
         "loadavg_at_end": load,
         "records": records,
     }
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Wall time of `cmcl run` with and without edge stability ({result['date']})",
         "",
-        f"Command: `{cmd}`; stability {stability}; 1-minute load average at the end: "
-        f"{load[0]:.1f} on 2 cores.",
+        f"Command: `{cmd}`; stability {stability}; 1-minute load average at the start "
+        f"{load_start[0]:.1f}, at the end {load[0]:.1f} on 2 cores.",
         "",
         "| cohort | repeat | without (s) (within run: the run less its resampling) | with (s) "
         "| ratio |",
