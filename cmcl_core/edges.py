@@ -183,3 +183,51 @@ def edge_table(
             )
         )
     return sorted(rows, key=lambda e: (-abs(e.weight), -(e.stability or 0.0), e.source, e.target))
+
+
+class LatentRole(StrEnum):
+    """What a latent stands for, read from the edge table and the images."""
+
+    CLINICAL = "clinical"  # on an edge with a clinical variable
+    NUISANCE = "nuisance"  # varies across images, tied to no clinical variable
+    UNUSED = "unused"  # (nearly) constant across images: the model did not use it
+
+
+#: A latent whose posterior mean varies across images by less than this share of the most
+#: variable latent's standard deviation is ``unused`` (a collapsed latent).
+UNUSED_SCALE = 0.1
+
+
+def latent_roles(
+    edges: Sequence[Edge], latent_names: Sequence[str], z_std: Sequence[float]
+) -> dict[str, LatentRole]:
+    """The role of every latent, so that a latent that matches nothing clinical is reported as
+    a nuisance factor (patient position, anatomy no variable explains, scanner) and never
+    hidden or read as a cause.
+
+    Args:
+        edges: the edge table (:func:`edge_table`); a row counts when it is in the reference fit
+            without resampling, or at least :data:`MIN_RESAMPLE_SHARE` of the resamples have it.
+        latent_names: ``z0 ... z{m-1}``.
+        z_std: standard deviation of each latent's posterior mean across the training images.
+
+    Returns:
+        ``{latent name: role}`` in latent order.
+    """
+    z_std = np.asarray(z_std, dtype=float)
+    top = float(z_std.max()) if z_std.size else 0.0
+    linked = {
+        name
+        for e in edges
+        if e.stability is None or e.stability >= MIN_RESAMPLE_SHARE
+        for name in (e.source, e.target)
+    }
+    roles = {}
+    for name, s in zip(latent_names, z_std, strict=True):
+        if name in linked:
+            roles[name] = LatentRole.CLINICAL
+        elif top <= 0 or s < UNUSED_SCALE * top:
+            roles[name] = LatentRole.UNUSED
+        else:
+            roles[name] = LatentRole.NUISANCE
+    return roles

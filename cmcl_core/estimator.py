@@ -20,7 +20,16 @@ import torch
 
 from cmcl_core.config import CMCLConfig
 from cmcl_core.device import Cohort, torch_settings
-from cmcl_core.edges import Edge, Orientation, Role, Stability, edge_table, knowledge_mask
+from cmcl_core.edges import (
+    Edge,
+    LatentRole,
+    Orientation,
+    Role,
+    Stability,
+    edge_table,
+    knowledge_mask,
+    latent_roles,
+)
 from cmcl_core.graph import bipartite_mask, edge_list, node_names, topological_order
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
 from cmcl_core.structure import StructureData
@@ -319,7 +328,8 @@ class CMCL:
 
         Sets ``stability_``, ``edge_table_`` (one :class:`~cmcl_core.edges.Edge` per row:
         every edge of the final graph and every adjacency at least half the resamples have)
-        and ``orientation_`` (``(source, target) -> Orientation``).
+        ``orientation_`` (``(source, target) -> Orientation``) and ``latent_roles_``
+        (``z_j -> LatentRole``: on a clinical edge, a nuisance factor, or unused).
         """
         self._check_fitted()
         p = len(self.node_names_)
@@ -335,6 +345,9 @@ class CMCL:
         self.orientation_: dict[tuple[str, str], Orientation] = {
             (e.source, e.target): e.orientation for e in self.edge_table_
         }
+        self.latent_roles_: dict[str, LatentRole] = latent_roles(
+            self.edge_table_, self.node_names_[len(self.u_names_) :], self.z_scale_
+        )
         return self
 
     def _set_fitted(

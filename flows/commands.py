@@ -135,6 +135,8 @@ def run_command(config: Path, console: Console | None = None) -> dict[str, Any]:
         out = cmcl_flow(config=str(path))
     console.print(_edge_table(f"cmcl run {out['run_id']}: edges", out["edge_rows"]))
     console.print(CLAIMS_NOTE)
+    if note := latent_note(out["latent_roles"]):
+        console.print(note)
     console.print(f"device: {out['device']}   wall time: {out['seconds']:.0f} s")
     console.print(f"report: {out['report']}")
     return out
@@ -171,7 +173,21 @@ def edges_command(
     con = console or _console()
     con.print(_edge_table(f"run {run['id']} ({run['status']}): {len(rows)} edges", rows))
     con.print(CLAIMS_NOTE)
+    if note := latent_note((run.get("metrics") or {}).get("latent_roles", {})):
+        con.print(note)
     return rows
+
+
+def latent_note(roles: dict[str, str]) -> str | None:
+    """One line naming the latents on no clinical edge (None when every latent is on one)."""
+    other = {z: r for z, r in roles.items() if r != "clinical"}
+    if not other:
+        return None
+    listed = ", ".join(f"{z} {r}" for z, r in other.items())
+    return (
+        f"latents on no clinical edge: {listed} (nuisance = image variation no clinical variable "
+        "explains, e.g. positioning or scanner; unused = nearly constant); not findings"
+    )
 
 
 CLAIMS_NOTE = (

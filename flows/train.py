@@ -241,6 +241,7 @@ def cmcl_flow(config: str) -> dict[str, Any]:
             }
             for e in model.edge_table_
         ],  # fmt: skip
+        "latent_roles": {z: role.value for z, role in model.latent_roles_.items()},
         "device": str(model.device_),
         "seconds": seconds,
     }

@@ -54,6 +54,7 @@ def run_metrics(
         "onnx": exported.metrics(),
         "n_edges": len(model.edges_),
         "edges": edge_summary(model),
+        "latent_roles": {z: role.value for z, role in model.latent_roles_.items()},
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cmcl_core.edges import UNUSED_SCALE, Edge, LatentRole
 from cmcl_core.estimator import CMCL
 from db.records import Direction, edge_direction
 from pipeline.model.results import node_kind
@@ -92,7 +93,8 @@ def write_report(
         latents.append((f"z{j}", rel))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     index = run_dir / "index.html"
-    index.write_text(_html(run_id, edges, u_names, grids, latents, metrics))
+    roles = _latent_rows(model, edges)
+    index.write_text(_html(run_id, edges, u_names, grids, latents, roles, metrics))
     logger.info(
         "report of run %d: %d intervention grids, %d saliency maps",
         run_id,
@@ -110,7 +112,29 @@ def _fraction(x: float | None) -> str:
     return "&ndash;" if x is None else f"{x:.2f}"
 
 
-def _html(run_id, edges, u_names, grids, latents, metrics) -> str:
+_ROLE_TEXT = {
+    LatentRole.CLINICAL: "on an edge with a clinical variable",
+    LatentRole.NUISANCE: "nuisance factor: varies across images, tied to no clinical variable",
+    LatentRole.UNUSED: "unused: nearly constant across images",
+}
+
+
+def _latent_rows(model: CMCL, edges: list[Edge]) -> str:
+    """One table row per latent: its role, the spread of its posterior mean, its edges."""
+    rows = []
+    for j, (name, role) in enumerate(model.latent_roles_.items()):
+        linked = ", ".join(
+            f"{x.source} &rarr; {x.target}" for x in edges if name in (x.source, x.target)
+        )
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(role.value)}</td>"
+            f"<td>{float(model.z_scale_[j]):.3f}</td><td>{_ROLE_TEXT[role]}</td>"
+            f"<td>{linked or '&ndash;'}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def _html(run_id, edges, u_names, grids, latents, roles, metrics) -> str:
     e = html.escape
     rows = (
         "\n".join(
@@ -163,10 +187,18 @@ regenerated under do(u = value) through the learned causal functions and the dec
 (paper, Appendix B; Figures 4 and 6). For an undetermined edge the direction, and so the
 regenerated images, are an estimate.</p>
 {grid_html}
+<h2>Latents</h2>
+<table><tr><th>latent</th><th>role</th><th>sd of posterior mean</th><th>meaning</th>
+<th>edges</th></tr>
+{roles}</table>
+<p>A <i>nuisance</i> latent carries image variation (patient position, anatomy no clinical
+variable explains, scanner effects) that no clinical variable accounts for: it is part of the
+representation, not a finding. <i>unused</i>: its posterior mean varies by less than
+{UNUSED_SCALE:.0%} of the most variable latent's.</p>
 <h2>What each latent does</h2>
 <p>Decoded images as one latent sweeps its mean &plusmn; 2 standard deviations with the others at
 their means: every latent, on an edge or not (read an anti-causal or undetermined edge from
-here). A latent on no edge is a nuisance factor or noise.</p>
+here).</p>
 <img src="traversals.png" alt="latent traversals">
 <h2>Where each latent lives</h2>
 <p>One map per latent z0 ... z{len(latents) - 1}, on an edge or not. Gradient saliency: the mean

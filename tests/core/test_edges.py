@@ -7,10 +7,13 @@ import pytest
 
 from cmcl_core.edges import (
     MIN_DIRECTION_AGREEMENT,
+    Edge,
+    LatentRole,
     Orientation,
     Stability,
     edge_table,
     knowledge_mask,
+    latent_roles,
     orientation_of,
 )
 
@@ -78,3 +81,21 @@ def test_edge_table_rows_and_claims():
     assert by[("icu", "z1")].weight == 0.0 and by[("icu", "z1")].stability == 1.0
     assert by[("icu", "z1")].direction_agreement == 0.5
     assert by[("icu", "z1")].orientation is Orientation.UNDETERMINED
+
+
+def test_latent_roles_name_nuisance_and_unused_latents():
+    edges = [
+        Edge("covid", "z0", 1.2, Orientation.KNOWLEDGE, 1.0, 1.0),
+        Edge("z1", "age", 0.0, Orientation.UNDETERMINED, 0.6, 0.5),  # resamples only, >= half
+        Edge("z2", "icu", 0.4, Orientation.DATA, 0.3, 1.0),  # unstable: ties z2 to nothing
+    ]
+    roles = latent_roles(edges, ["z0", "z1", "z2", "z3"], [1.0, 0.8, 0.9, 0.05])
+    assert roles == {
+        "z0": LatentRole.CLINICAL,
+        "z1": LatentRole.CLINICAL,
+        "z2": LatentRole.NUISANCE,
+        "z3": LatentRole.UNUSED,
+    }
+    # without resampling every row of the reference fit counts
+    no_resampling = [Edge("z2", "icu", 0.4, Orientation.DATA)]
+    assert latent_roles(no_resampling, ["z2"], [1.0]) == {"z2": LatentRole.CLINICAL}

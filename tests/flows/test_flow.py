@@ -91,6 +91,12 @@ def test_flow_writes_a_succeeded_run(flow_run):
     metrics = run["metrics"]
     assert metrics["training"]["epochs"] == TINY_MODEL["epochs"]
     assert 0.0 < metrics["stability_seconds"] < metrics["seconds"]  # resampling is on
+    # every latent has a role; one on a clinical edge is "clinical", one on none is not
+    on_edge = {n for e in edges for n in (e["source"], e["target"]) if e["stability"] >= 0.5}
+    assert metrics["latent_roles"] == out["latent_roles"]
+    assert list(out["latent_roles"]) == ["z0", "z1", "z2"]
+    for z, role in out["latent_roles"].items():
+        assert (role == "clinical") == (z in on_edge), (z, role)
     assert metrics["onnx"]["onnx_encoder_max_abs_diff"] <= 1e-4
     assert metrics["onnx"]["onnx_decoder_max_abs_diff"] <= 1e-4
     run_dir = Path(cfg.results.report_dir) / f"run-{out['run_id']}"
@@ -214,6 +220,11 @@ def test_cli_edges_prints_the_run(flow_run):
     assert f"run {out['run_id']} (succeeded)" in res.output
     for s, t, _ in out["edges"]:
         assert s in res.output and t in res.output
+    others = [z for z, role in out["latent_roles"].items() if role != "clinical"]
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert ("latents on no clinical edge" in text) == bool(others)
+    for z in others:
+        assert f"{z} {out['latent_roles'][z]}" in text
 
 
 def test_a_missing_clinical_database_fails_the_run_before_ingest_without_retries(

@@ -64,3 +64,22 @@ def test_graph_picture_keeps_long_labels(tiny_model, tmp_path):
     short = picture("a", tmp_path / "short.png")
     long = picture("covid_status_at_admission_" * 3, tmp_path / "long.png")
     assert long[0] > short[0] + 100
+
+
+def test_report_lists_a_latent_on_no_edge_as_a_nuisance_factor(tiny_model, tmp_path):
+    import copy
+
+    from cmcl_core.edges import LatentRole
+    from pipeline.report.page import write_report
+
+    model, images, u = tiny_model
+    model = copy.deepcopy(model)
+    W = np.zeros((4, 4))
+    W[1, 2] = 0.7  # age -> z0 only: z1 is tied to no clinical variable
+    model.weighted_adjacency_ = W
+    model.z_scale_ = np.array([1.0, 0.9])
+    model.set_stability(None)
+    assert model.latent_roles_ == {"z0": LatentRole.CLINICAL, "z1": LatentRole.NUISANCE}
+    html = write_report(tmp_path, run_id=4, model=model, images=images, u=u, metrics={}).read_text()
+    assert "<td>z1</td><td>nuisance</td><td>0.900</td>" in html
+    assert "<td>z0</td><td>clinical</td><td>1.000</td>" in html
