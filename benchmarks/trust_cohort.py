@@ -27,7 +27,7 @@ import yaml
 
 from benchmarks.child_run import cmcl_run
 from flows.demo import DEMO_MODEL, compare_with_truth
-from pipeline.synthetic.cohort import make_synthetic_cohort
+from pipeline.synthetic.cohort import make_synthetic_cohort, realism_options
 
 KEY = "3c" * 32
 KNOWLEDGE = {"causes": ["covid", "age"], "effects": ["icu_admission"]}
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--realism", default="clean", help="a cmcl_core.realism preset, e.g. all")
+    p.add_argument("--latent-dim", type=int, default=5, help="the model's m (the truth has 5)")
     p.add_argument("--work", type=Path, default=Path("/tmp/cmcl-trust-cohort"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/trust_cohort"))
     args = p.parse_args(argv)
@@ -47,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         setting="cxr",
         seed=args.seed,
         image_size_dicom=args.image_size,
+        realism=realism_options(args.realism),
     )
     base = yaml.safe_load(info.config_path.read_text())
-    base["model"] = dict(DEMO_MODEL, latent_dim=5)
+    base["model"] = dict(DEMO_MODEL, latent_dim=args.latent_dim)
+    roles = dict(KNOWLEDGE)
+    if "site" in info.u_names:  # the scanner site is installed before any image is taken
+        roles["causes"] = [*roles["causes"], "site"]
     lines, records = [], []
-    for name, knowledge in (("none", None), ("roles", KNOWLEDGE)):
+    for name, knowledge in (("none", None), ("roles", roles)):
         work = args.work / name
         work.mkdir(parents=True, exist_ok=True)
         data = dict(
@@ -99,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{cmd}`. True edges: "
         + ", ".join(f"{a} -> {b}" for a, b in info.true_edges)
-        + "; sex has no effect.",
+        + f"; sex has no effect. Realism: {args.realism}; model latent_dim {args.latent_dim}.",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(head + lines))
     (args.out / "results.json").write_text(
-        json.dumps({"command": cmd, "records": records}, indent=1, default=str)
+        json.dumps(
+            {"command": cmd, "realism": args.realism, "records": records}, indent=1, default=str
+        )
     )
     print("\n".join(head + lines))
     return 0

@@ -47,6 +47,9 @@ class CMCLConfig:
         posterior_uses_u: feed u to the posterior, q(z | z0, u) (Eq. 17); False gives q(z | z0).
         standardize_images: the encoder subtracts the mean training image and divides by the
             global pixel std (kept as buffers of the encoder).
+        align: ``"none"`` or ``"similarity"``: register every image to the cohort's template
+            (shift, rotation, scale; ``cmcl_core.align``) before the encoder sees it, in ``fit``
+            and in every later use; for images whose positioning varies (radiographs).
         he_init: He-normal init of the conv encoder/decoder (PyTorch's default init let the
             posterior of z0 collapse).
         likelihood: ``"gaussian"`` (fixed pixel std ``gaussian_sigma``) or ``"bernoulli"``
@@ -120,6 +123,7 @@ class CMCLConfig:
     prior_mean: bool = True
     posterior_uses_u: bool = True
     standardize_images: bool = True
+    align: str = "none"
     he_init: bool = True
     likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
@@ -198,6 +202,8 @@ class CMCLConfig:
             problems.append("learning rates must be > 0")
         if self.likelihood not in ("bernoulli", "gaussian"):
             problems.append("likelihood must be 'bernoulli' or 'gaussian'")
+        if self.align not in ("none", "similarity"):
+            problems.append(f"align must be 'none' or 'similarity', got {self.align!r}")
         if self.gaussian_sigma <= 0:
             problems.append("gaussian_sigma must be > 0")
         if self.rotate_every < 0 or self.rotate_until < 0:

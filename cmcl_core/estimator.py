@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmcl_core.align import align_to_template, groupwise_align
 from cmcl_core.config import CMCLConfig
 from cmcl_core.device import Cohort, torch_settings
 from cmcl_core.edges import (
@@ -154,6 +155,7 @@ class CMCL:
         prior_mean: bool = True,
         posterior_uses_u: bool = True,
         standardize_images: bool = True,
+        align: str = "none",
         he_init: bool = True,
         likelihood: str = "gaussian",
         gaussian_sigma: float = 0.1,
@@ -279,6 +281,9 @@ class CMCL:
         images = _as_numpy(images, "images")
         _check_images(images)
         u = _check_u(u, images.shape[0])
+        template = None
+        if cfg.align != "none":
+            images, _, template = groupwise_align(images)
         if not isinstance(self.latent_dim, int | np.integer) or self.latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         n = u.shape[0]
@@ -307,6 +312,7 @@ class CMCL:
             cohort = Cohort.for_device(images, device, cfg.precision)
             result = fit_network(net, cfg, cohort, u, self.seed, callback)
         self._set_fitted(net, cfg, image_shape, device)
+        self.align_template_ = template
         self.u_roles_ = {encoding.names[i]: role for i, role in roles.items()}
         self.knowledge_ = knowledge
         self.z_shift_, self.z_scale_ = result.z_shift, result.z_scale
@@ -379,7 +385,17 @@ class CMCL:
         self._check_fitted()
         images = _as_numpy(images, "images")
         _check_images(images, self.image_shape_)
-        return images, _check_u(u, images.shape[0], self.n_features_in_)
+        u = _check_u(u, images.shape[0], self.n_features_in_)
+        return self.align_images(images), u
+
+    def align_images(self, images: Any) -> np.ndarray:
+        """Images registered to the training cohort's template when ``align`` is on (what the
+        encoder expects; ``encoder_module`` does not register), else unchanged."""
+        self._check_fitted()
+        images = _as_numpy(images, "images")
+        if self.align_template_ is None:
+            return images
+        return align_to_template(images, self.align_template_)
 
     def encoder_module(self) -> torch.nn.Module:
         """Exportable encoder: forward(x [n, C, H, W], raw u [n, d]) -> z means [n, m].
@@ -505,6 +521,9 @@ class CMCL:
             "weighted_adjacency": self.weighted_adjacency_.tolist(),
             "raw_adjacency": self.raw_adjacency_.tolist(),
             "u_roles": self.u_roles_,
+            "align_template": None
+            if self.align_template_ is None
+            else self.align_template_.tolist(),
             "stability": None if self.stability_ is None else _stability_dict(self.stability_),
             "history": self.history_,
         }
@@ -540,6 +559,8 @@ class CMCL:
         model.weighted_adjacency_ = W
         model.raw_adjacency_ = np.array(meta["raw_adjacency"])
         model.history_ = meta["history"]
+        template = meta.get("align_template")
+        model.align_template_ = None if template is None else np.array(template, np.float32)
         model.edges_ = edge_list(W, model.node_names_)
         model.u_roles_ = dict(meta.get("u_roles") or {})
         roles = _role_indices(model.u_roles_, model.u_names_)

@@ -15,8 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
 
+from cmcl_core.estimator import CMCL
 from db.read import get_artifacts, get_run, read_latents, read_variables
 from db.records import LatentRow
 from db.write import write_latents
@@ -27,6 +29,7 @@ from pipeline.errors import DataError
 from pipeline.imaging.cache import PreprocessCache
 from pipeline.imaging.images import load_training_images
 from pipeline.ingest.scan import ingest
+from pipeline.model.artifacts import sha256_file
 from pipeline.model.onnx_export import ENCODER_FILE, encode, load_session
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine: sa.Engine) -> Sco
         with tempfile.TemporaryDirectory(dir=cache.root) as tmp:
             keys = [cohort.cache_keys[i] for i in todo]
             images = load_training_images(cache, keys, Path(tmp) / "score.npy")  # [k, 1, S, S]
+            images = _registered(images, run, art, run_folder(cfg, run_id))
             z = encode(session, images, cohort.u[todo])  # [k, m]
             del images
         rows = (
@@ -98,3 +102,20 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine: sa.Engine) -> Sco
         write_latents(engine, run_id, rows, scored=True)
     logger.info("run %d: scored %d new images with %s", run_id, len(todo), provider)
     return ScoreResult(run_id, len(cohort), len(cohort) - len(todo), len(todo), provider)
+
+
+def _registered(images: np.ndarray, run: dict, art: dict, folder: Path) -> np.ndarray:
+    """The images registered to the run's template when it was trained with ``model.align``
+    (the ONNX encoder expects registered images): the template is read from the run's model
+    file, whose sha256 is checked first."""
+    if ((run["config"] or {}).get("model") or {}).get("align", "none") == "none":
+        return images
+    model_art = next((a for a in art.values() if a["kind"] == "torch"), None)
+    path = None if model_art is None else folder / model_art["relpath"]
+    if path is None or not path.is_file() or sha256_file(path) != model_art["sha256"]:
+        raise DataError(
+            f"run {run['id']} was trained with model.align but its model file is missing or "
+            "altered (the registration template is stored there)",
+            "re-run `cmcl run`",
+        )
+    return CMCL.load(str(path), device="cpu").align_images(images)
