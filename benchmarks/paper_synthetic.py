@@ -9,6 +9,8 @@ method is fitted on it with **one recipe** (:func:`recipe`, a ``CMCLConfig``):
   ``cmcl_paper_rot_refit`` the final DAG solve, and ``cmcl`` the orientation. ``cmcl_norot``,
   ``cmcl_nocm`` and ``cmcl_nocr`` remove the rotation, the causal representation module (the
   rotation needs it, so compare with ``cmcl_norot``) and the counterfactual regulariser.
+  ``cmcl_align`` registers the images to the cohort's template first (``align: similarity``,
+  ``cmcl_core.align``), for images whose positioning varies.
 * ``vae``, ``betavae``, ``ivae``, ``tcvae``, ``factorvae``: two-stage pipelines, a
   representation learner (``benchmarks/baselines.py``) trained with CMCL's recipe
   (``BaselineConfig.from_recipe``: likelihood, initialisation, input standardisation, batch,
@@ -78,6 +80,7 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_norot": {"rotate_every": 0},
     "cmcl_nocm": {"use_cm": False},
     "cmcl_nocr": {"use_cr": False},
+    "cmcl_align": {"align": "similarity"},
 }
 ROTATED = tuple(f"{b}_rot" for b in ("vae", "betavae", "ivae"))
 REFERENCES = ("pca", "oracle")
