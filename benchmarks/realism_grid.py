@@ -200,7 +200,7 @@ def markdown(results: dict) -> str:
             f"- {run['date']}, commit `{run['commit']}`: `{run['command']}`; load average "
             f"(1/5/15 min) at start {run['load_start']}, at end {run.get('load_end', '-')}"
         )
-    lines += ["", "Presets (``cmcl_core.realism.REALISM_PRESETS``):", ""]
+    lines += ["", "Presets (`cmcl_core.realism.REALISM_PRESETS`):", ""]
     lines += [f"- `{p}`: {REALISM_PRESETS[p]}" for p in presets]
     lines += [
         "",
