@@ -198,7 +198,7 @@ def cpu_breakdown(folder: Path, n: int, image_size: int, workdir: Path) -> dict[
         c = clock("sha256", c)
         acc = inspect_bytes(data, f"{i:064x}", settings, digest)
         c = clock("parse_validate_decode", c)
-        arr = preprocess_dataset(acc.dataset, spec)  # [1, S, S]
+        arr = preprocess_dataset(acc.dataset, spec, acc.pixels)  # [1, S, S]
         c = clock("preprocess", c)
         ckey = cache.key(digest, spec)
         cache.put(ckey, arr)

@@ -334,3 +334,32 @@ def test_pydicom_corpus_preprocesses_or_is_refused():
         assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, path.name
         outcomes["ok"] += 1
     assert outcomes["ok"] >= 40 and outcomes["refused"] >= 1
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {},
+        {"RescaleSlope": 2, "RescaleIntercept": -1024},
+        {"RescaleSlope": 0.37},
+        {"RescaleIntercept": 100},
+        {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": 1.5},
+    ],
+)
+@pytest.mark.parametrize("frames", [1, 3])
+def test_decoded_pixels_give_what_monais_reader_gives(tags, frames, tmp_path):
+    """Ingest hands validation's decoded pixels to the preprocessing; the rescale it then does
+    itself equals MONAI's PydicomReader bit for bit, and so does the whole preprocessing."""
+    ds = make_dataset(modality="DX", rows=96, columns=80, frames=frames, seed=frames)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds = _reread(ds, tmp_path)[0]
+    pixels = pydicom.dcmread(tmp_path / "x.dcm").pixel_array
+    via_reader = decode_modality(ds)
+    given = decode_modality(ds, pixels)
+    assert given.dtype == via_reader.dtype == np.float32
+    np.testing.assert_array_equal(given, via_reader)
+    assert not np.shares_memory(given, pixels)  # the caller's array is never modified
+    spec = PreprocessSpec(image_size=32)
+    out = preprocess_dataset(ds, spec, pixels)
+    np.testing.assert_array_equal(out, preprocess_dataset(ds, spec))
