@@ -8,8 +8,10 @@ the affinity and cgroup quota of :func:`pipeline.cpus.cpu_budget`, unless ``comp
   work (batched torch solves, refits) spends its time in torch kernels, which release the GIL,
   so threads run it in parallel without the start-up cost of worker processes.
 * ``dask``: prefect-dask's ``DaskTaskRunner``: without ``compute.address`` a ``LocalCluster`` of
-  ``compute.workers`` single-threaded worker processes; with it, the scheduler at that address
-  (a dask-jobqueue or Kubernetes cluster is just an address).
+  ``compute.workers`` single-threaded worker processes, which report their task runs to this
+  process's Prefect API (:func:`prefect_api_url`); with it, the scheduler at that address
+  (a dask-jobqueue or Kubernetes cluster is just an address; its workers need
+  ``PREFECT_API_URL`` in their environment).
 """
 
 from __future__ import annotations
@@ -62,9 +64,27 @@ def task_runner(compute: ComputeConfig) -> TaskRunner[Any]:
 
         if compute.address:
             return DaskTaskRunner(address=compute.address)
-        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                   "env": {"PREFECT_API_URL": prefect_api_url()}}  # fmt: skip
         return DaskTaskRunner(cluster_kwargs=cluster)
     return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def prefect_api_url() -> str:
+    """The Prefect API this process reports to: ``PREFECT_API_URL``, else its temporary local
+    server (started now if it is not running yet).
+
+    A LocalCluster's workers are given it: a worker process that has no API URL starts a
+    temporary server of its own on its first task (seconds of CPU per worker, on every run, and
+    its task runs recorded in a database nobody reads)."""
+    from prefect.client.orchestration import get_client  # deferred: only the Dask engine needs it
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return str(url)
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
 
 
 def check_compute(compute: ComputeConfig) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -81,11 +82,15 @@ def series_task(
 
 
 class _EngineExecutor:
-    """``submit(fn, item)`` of the scan's two worker functions as engine tasks."""
+    """``submit(fn, item)`` of the scan's two worker functions as engine tasks; ``shutdown``
+    stops the runner only when this executor started it (see :meth:`EnginePool.__enter__`)."""
 
-    def __init__(self, runner: TaskRunner[Any], state: worker.WorkerState, fingerprint: str):
+    def __init__(
+        self, runner: TaskRunner[Any], state: worker.WorkerState, fingerprint: str, owned: bool
+    ):
         self.runner = runner
         self.common = {"state": state, "fingerprint": fingerprint}
+        self.owned = owned
 
     def submit(self, fn, item) -> Any:  # a PrefectFuture (result(), like an executor future)
         if fn is worker.process_chunk:
@@ -95,25 +100,65 @@ class _EngineExecutor:
         raise ValueError(f"no engine task for {getattr(fn, '__name__', fn)}")
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        self.runner.__exit__(None, None, None)
+        if self.owned:
+            self.runner.__exit__(None, None, None)
+
+
+def _import_worker_modules() -> None:
+    """Import what an ingest task runs (torch, MONAI, pydicom, Prefect): run on each worker."""
+    importlib.import_module(__name__)
 
 
 class EnginePool:
-    """The compute engine as ingest's pool (:class:`pipeline.ingest.scan.Pool`)."""
+    """The compute engine as ingest's pool (:class:`pipeline.ingest.scan.Pool`).
+
+    Each ingest starts the engine and stops it at its end, unless the pool is entered first::
+
+        with EnginePool(cfg.compute) as pool:  # cluster up, workers' imports done
+            ingest(cfg, key=key, pool=pool)     # every ingest in the block reuses them
+
+    which keeps the engine's start-up (for a Dask LocalCluster: worker processes that each
+    import torch and MONAI, several CPU seconds) out of every ingest but the first.
+    """
 
     chunk = 256  # files per task: a Prefect task costs tens of ms of API calls
 
     def __init__(self, compute: ComputeConfig):
         self.compute = compute
         self.workers = compute.workers
+        self._runner: TaskRunner[Any] | None = None
 
-    def start(self, state: worker.WorkerState) -> _EngineExecutor:
-        """Start the task runner; the state travels without the key (see the module doc)."""
-        fingerprint = key_fingerprint(state.settings.key)
-        keyless = replace(state, settings=replace(state.settings, key=b""))
+    def __enter__(self) -> EnginePool:
+        """Start the engine now and keep it until :meth:`__exit__`; every worker imports the
+        ingest modules before this returns (Dask; the local engine's threads share this
+        process's)."""
         runner = task_runner(self.compute)
         runner.__enter__()
-        return _EngineExecutor(runner, keyless, fingerprint)
+        try:
+            client = getattr(runner, "client", None)  # DaskTaskRunner: start the cluster
+            if client is not None:
+                client.run(_import_worker_modules)
+        except BaseException:
+            runner.__exit__(None, None, None)
+            raise
+        self._runner = runner
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.__exit__(None, None, None)
+
+    def start(self, state: worker.WorkerState) -> _EngineExecutor:
+        """The engine's executor (started here unless the pool is entered); the state travels
+        without the key (see the module doc)."""
+        fingerprint = key_fingerprint(state.settings.key)
+        keyless = replace(state, settings=replace(state.settings, key=b""))
+        if self._runner is not None:
+            return _EngineExecutor(self._runner, keyless, fingerprint, owned=False)
+        runner = task_runner(self.compute)
+        runner.__enter__()
+        return _EngineExecutor(runner, keyless, fingerprint, owned=True)
 
 
 def ingest_pool(compute: ComputeConfig) -> EnginePool | None:

@@ -21,12 +21,14 @@ class Discovery:
     """What a walk of the source folder found.
 
     Attributes:
-        files: ``(path, relpath)`` pairs (relpath '/'-separated, relative to the source),
-            depth first with names sorted in each folder, so every scan sees the same order.
+        files: ``(path, relpath)`` pairs of strings (relpath '/'-separated, relative to the
+            source), depth first with names sorted in each folder, so every scan sees the same
+            order. Plain strings, not ``Path`` objects: at hundreds of thousands of files a
+            ``Path`` and its cached parts cost ~0.5 KiB each in the scanning process.
         unlisted: folders that could not be listed (their files are unknown, not gone).
     """
 
-    files: list[tuple[Path, str]] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
     unlisted: int = 0
 
     @property
@@ -57,4 +59,4 @@ def _walk(folder: Path, prefix: str, found: Discovery) -> None:
         if e.is_dir(follow_symlinks=False):
             _walk(Path(e.path), rel + "/", found)
         elif e.is_file():
-            found.files.append((Path(e.path), rel))
+            found.files.append((e.path, rel))

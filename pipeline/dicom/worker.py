@@ -130,7 +130,8 @@ def _process(task: Task) -> Done:
     ckey = cache.key(outcome.content_sha256, _STATE.spec)
     try:
         if ckey not in cache:
-            cache.put(ckey, preprocess_dataset(outcome.dataset, _STATE.spec))  # [1, S, S]
+            arr = preprocess_dataset(outcome.dataset, _STATE.spec, outcome.pixels)  # [1, S, S]
+            cache.put(ckey, arr)
     except Exception as exc:  # noqa: BLE001 - a file that cannot be preprocessed is quarantined
         reason, detail = _failure(exc)
         return Done(Quarantined(task.file_key, outcome.content_sha256, reason, detail))

@@ -105,12 +105,20 @@ def scale_range(x: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
 
 def _percentile_range(x: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
     """Robust (lower, upper): numpy's linear-interpolation percentiles of a strided sample of at
-    most ~``_PERCENTILE_SAMPLE`` pixels, read off the sorted sample (``np.percentile`` on a
-    whole 512x512 image costs ~6 ms, five times the decode; sort + interp on 8k pixels ~0.2)."""
+    most ~``_PERCENTILE_SAMPLE`` pixels (``np.percentile`` on a whole 512x512 image costs ~6 ms,
+    five times the decode). Read off the sample partitioned at the two neighbours of each
+    percentile's position, interpolated between them by ``np.interp`` as over the fully sorted
+    sample (the same floats: interp only uses the bracketing pair), at half a sort's cost."""
     stride = max(1, math.ceil(math.sqrt(x.size / _PERCENTILE_SAMPLE)))
-    sample = np.sort(x[..., ::stride, ::stride], axis=None)  # [k], k <= ~8192
-    lo, hi = np.interp(
-        np.asarray(percentiles) / 100.0 * (sample.size - 1), np.arange(sample.size), sample
+    sample = x[..., ::stride, ::stride].ravel()  # [k], k <= ~8192
+    last = sample.size - 1
+    pos = np.asarray(percentiles, dtype=np.float64) / 100.0 * last  # [2] ranks in the sample
+    below = np.floor(pos).astype(np.int64)  # [2]
+    above = np.minimum(below + 1, last)  # [2]
+    part = np.partition(sample, np.unique(np.concatenate([below, above])))
+    lo, hi = (
+        np.interp(p, (b, b + 1), (part[b], part[a]))
+        for p, b, a in zip(pos.tolist(), below.tolist(), above.tolist(), strict=True)
     )
     return float(lo), float(hi)
 

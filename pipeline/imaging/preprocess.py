@@ -8,7 +8,8 @@ The steps, in DICOM's own order (PS3.3 C.11: modality LUT -> VOI LUT -> presenta
    as 200x256). The reader is passed explicitly (``LoadImage`` would pick ITKReader when
    ``itk`` is installed). The reader applies *Rescale Slope/Intercept* itself whenever either tag is
    present; we therefore never rescale again, and apply a *Modality LUT Sequence* (which MONAI
-   ignores) only when no rescale tags exist.
+   ignores) only when no rescale tags exist. When ingest's validation has decoded the pixels
+   already, they are rescaled with the reader's own expressions instead of decoding again.
 2. **Multi-frame**: an MR file's frames are reduced like a series (``spec.mri_reduction``;
    enhanced files' frames ordered by their functional groups' plane positions, else stored
    order); for CR/DX (and any other modality) the first stored frame is taken.
@@ -82,6 +83,7 @@ PREPROCESS_VERSION = "1"
 _MRI_REDUCTIONS = ("middle", "mip")
 _ONLY_IMAGES = "only image objects (CR, DX, MR, ...) are preprocessed; exclude the file"
 _GEOMETRY_TAGS = (0x00200037, 0x00200032, 0x00280030)  # IOP, IPP, PixelSpacing
+_BLOCK_MAX = 16  # pixels per block up to which block_mean beats torch's area resize
 
 
 @dataclass(frozen=True)
@@ -225,10 +227,13 @@ class _DatasetReader(PydicomReader):
         return meta
 
 
-def decode_modality(ds: pydicom.Dataset) -> np.ndarray:
+def decode_modality(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.ndarray:
     """Pixels in modality units: ``[H, W]`` or ``[F, H, W]`` float32, rescaled exactly once.
 
-    Reuses ``ds.pixel_array`` if the caller already decoded it (pydicom caches it).
+    Args:
+        ds: the dataset.
+        pixels: its pixel data as already decoded by the caller (``ds.pixel_array``), used as
+            is; None: decoded here through MONAI's ``PydicomReader``.
 
     Raises:
         UnsupportedImageError: the dataset has no pixel data.
@@ -241,10 +246,28 @@ def decode_modality(ds: pydicom.Dataset) -> np.ndarray:
         )
     with warnings.catch_warnings():  # missing-geometry warnings; pydicom may quote raw values
         warnings.simplefilter("ignore")
-        arr, _meta = _DatasetReader().get_data(ds)
+        if pixels is None:
+            arr, _meta = _DatasetReader().get_data(ds)
+        else:
+            arr = _rescaled(ds, pixels)
         arr = ModalityLut(ds)(arr)
     out = np.asarray(arr, dtype=np.float32)
-    return out.copy() if out is arr else out  # private: never pydicom's cached pixel_array
+    return out.copy() if out is arr or out is pixels else out  # private: never the caller's
+
+
+def _rescaled(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """What MONAI's ``PydicomReader.get_data`` returns for one decoded image: the pixels, times
+    *Rescale Slope* plus *Rescale Intercept* in float32 when either tag is present (its
+    ``_get_array_data``, same expressions so the same floats; a test holds them equal). By hand
+    for the ingest hot path: the reader's affine, spacing and metadata bookkeeping, unused here,
+    costs as much as this step's arithmetic on a 256x256 image."""
+    slope, offset, rescale = 1.0, 0.0, False
+    if hasattr(ds, "RescaleSlope"):
+        slope, rescale = ds.RescaleSlope, True
+    if hasattr(ds, "RescaleIntercept"):
+        offset, rescale = ds.RescaleIntercept, True
+    data = np.ascontiguousarray(pixels)
+    return data.astype(np.float32) * slope + offset if rescale else data
 
 
 # --- spatial ---------------------------------------------------------------------------------
@@ -272,12 +295,31 @@ def resize_pad(img: np.ndarray, spec: PreprocessSpec, pad: bool = True) -> np.nd
     h, w = img.shape[-2:]
     size = target_size(h, w, spec)
     out = np.ascontiguousarray(img, dtype=np.float32)
-    if size != (h, w):
+    fh, fw = h // size[0], w // size[1]  # whole shrink factors, if the sides have them
+    if size != (h, w) and (fh * size[0], fw * size[1]) == (h, w) and fh * fw <= _BLOCK_MAX:
+        out = block_mean(out, fh, fw)  # [1, H, W] -> [1, h, w], the same floats as "area"
+    elif size != (h, w):
         mode = resize_mode(h, w, size)
         x = torch.from_numpy(out)[None]  # [1, H, W] -> [1, 1, H, W]
         x = F.interpolate(x, size=size, mode=mode, align_corners=None if mode == "area" else False)
         out = x[0].numpy()  # [1, 1, h, w] -> [1, h, w]
     return pad_square(out, spec.image_size) if pad else out
+
+
+def block_mean(img: np.ndarray, fh: int, fw: int) -> np.ndarray:
+    """``[..., H, W]`` -> ``[..., H / fh, W / fw]``: the mean of each ``fh x fw`` block, bit for bit
+    what ``F.interpolate(mode="area")`` (torch's adaptive average pooling) gives when the sides
+    shrink by whole factors: the block summed from 0 in row-major order in float32, then divided
+    by ``fh`` and by ``fw`` (a test holds it equal to torch). By hand because it costs half of
+    torch's call for the small factors it is used for (up to ``_BLOCK_MAX`` pixels a block)."""
+    h, w = img.shape[-2] // fh, img.shape[-1] // fw
+    acc = np.zeros(img.shape[:-2] + (h, w), dtype=np.float32)
+    for i in range(fh):
+        for j in range(fw):
+            acc += img[..., i::fh, j::fw]
+    acc /= np.float32(fh)
+    acc /= np.float32(fw)
+    return acc
 
 
 def pad_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -293,14 +335,16 @@ def pad_square(img: np.ndarray, size: int) -> np.ndarray:
 # --- entry points ----------------------------------------------------------------------------
 
 
-def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
+def preprocess_dataset(
+    ds: pydicom.Dataset, spec: PreprocessSpec, pixels: np.ndarray | None = None
+) -> np.ndarray:
     """A read DICOM dataset -> the model input ``[1, S, S]`` float32 in [0, 1].
-
-    Pixels are decoded once (``ds.pixel_array`` is reused when the caller has decoded it).
 
     Args:
         ds: a dataset with pixel data (CR/DX/MR/...; MONOCHROME1 or MONOCHROME2).
         spec: the preprocessing spec.
+        pixels: ``ds``'s pixel data when the caller has decoded it already (validation does:
+            :attr:`pipeline.dicom.validate.Accepted.pixels`); None: decoded here.
 
     Returns:
         float32 array ``[1, S, S]`` in [0, 1].
@@ -309,7 +353,7 @@ def preprocess_dataset(ds: pydicom.Dataset, spec: PreprocessSpec) -> np.ndarray:
         UnsupportedImageError: colour images, or no pixel data.
     """
     params = DisplayParams.from_dataset(ds, spec.apply_voi)
-    arr = decode_modality(ds)[None]  # [H, W] or [F, H, W] -> [1, ...]
+    arr = decode_modality(ds, pixels)[None]  # [H, W] or [F, H, W] -> [1, ...]
     if arr.ndim == 4:  # multi-frame: [1, F, H, W] -> [1, H, W]
         arr = ReduceFrames(frame_reduction(ds, spec.mri_reduction), frame_order(ds))(arr)
     return finish(arr, params, spec, inplace=True)

@@ -168,12 +168,12 @@ def _scan(
     known = load_known(engine)
     if pacs is None:
         found = discover(Path(cfg.dicom.source))
-        files = [str(path) for path, _ in found.files]  # the MR series pass needs the paths
+        files = [path for path, _ in found.files]  # the MR series pass needs the paths
         fkeys = [pseudonyms.file_key(key, rel) for _, rel in found.files]
     else:  # a remote instance is named by its image key (pipeline.ingest.pull)
         listed = [Listed(i, pseudonyms.image_key(key, i.sop_uid)) for i in pacs.search()]
         fkeys = [x.file_key for x in listed]
-        found = Discovery(files=[(Path(), fk) for fk in fkeys])  # a listing; no local paths
+        found = Discovery(files=[("", fk) for fk in fkeys])  # a listing; no local paths
     check_listing(found, known, str(cfg.dicom.source))
     found_keys = set(fkeys)
     total = len(fkeys)

@@ -29,9 +29,10 @@ from pipeline.imaging.preprocess import PreprocessSpec
 from pipeline.ingest.catalog import CatalogEntry, CatalogWriter, Known, image_row, recatalogued
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrainingImage:
-    """One training unit: an instance (CR/DX) or a series (MR), with its cached array key."""
+    """One training unit: an instance (CR/DX) or a series (MR), with its cached array key
+    (slots: a scan keeps one per image, hundreds of thousands of them)."""
 
     image_key: str
     patient_key: str

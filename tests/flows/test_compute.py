@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from flows.compute import run_threads, run_workers, task_runner, torch_threads
+from flows.compute import prefect_api_url, run_threads, run_workers, task_runner, torch_threads
 from pipeline.config import ComputeConfig
 from pipeline.cpus import cpu_budget
 
@@ -75,3 +75,16 @@ def test_the_cli_makes_openmp_threads_wait_passively_unless_told(given, expected
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     ).stdout.split()
     assert out[-2:] == [expected, "False"]  # set before torch was imported
+
+
+def test_local_cluster_workers_report_to_this_processs_api(prefect_harness):
+    """Without it each Dask worker would start a temporary Prefect server of its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = prefect_api_url()
+    assert url == str(PREFECT_API_URL.value()) and url.startswith("http")
+    runner = task_runner(ComputeConfig(engine="dask", workers=2))
+    assert runner.cluster_kwargs["env"] == {"PREFECT_API_URL": url}
+    assert runner.cluster_kwargs["threads_per_worker"] == 1
+    remote = task_runner(ComputeConfig(engine="dask", address="tcp://127.0.0.1:8786"))
+    assert not remote.cluster_kwargs  # a remote cluster's workers bring their own settings

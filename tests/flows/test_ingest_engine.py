@@ -67,8 +67,13 @@ def test_dask_and_local_engines_write_the_same_catalogue(
     assert "MR" in {i.modality for i in dask.images} and dask.n_quarantined >= 3
     assert dask.images == local.images  # same units, same order, same cached arrays
     assert _tables(local_cfg.results.url) == _tables(dask_cfg.results.url)
-    again = ingest(dask_cfg, key=KEY, pool=ingest_pool(dask_cfg.compute))
-    assert again.catalogued == 0 and again.unchanged + again.n_quarantined == again.found
+    with EnginePool(dask_cfg.compute) as pool:  # started once, kept for both ingests
+        again = ingest(dask_cfg, key=KEY, pool=pool)
+        assert again.catalogued == 0 and again.unchanged + again.n_quarantined == again.found
+        runner = pool._runner
+        assert runner is not None and ingest(dask_cfg, key=KEY, pool=pool).found == again.found
+        assert pool._runner is runner  # an ingest does not stop an entered pool's engine
+    assert pool._runner is None
 
 
 def test_a_worker_with_another_key_fails(cohort: Path, tmp_path: Path, prefect_harness,

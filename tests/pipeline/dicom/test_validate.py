@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
@@ -50,8 +51,10 @@ def test_accepted_file_carries_pseudonyms_and_decoded_pixels(tmp_path):
     assert (out.rows, out.columns, out.n_frames) == (40, 30, 1)
     assert out.photometric == "MONOCHROME2" and out.modality == "DX"
     assert out.dataset is not None and out.dataset.pixel_array.shape == (40, 30)
+    np.testing.assert_array_equal(out.pixels, out.dataset.pixel_array)  # decoded once, kept
     light = out.light()
-    assert light.dataset is None and light == out  # the dataset is not part of equality
+    assert light.dataset is None and light.pixels is None
+    assert light == out  # the dataset and pixels are not part of equality
 
 
 @pytest.mark.parametrize("ts", [RLELossless, JPEG2000Lossless])

@@ -334,3 +334,66 @@ def test_pydicom_corpus_preprocesses_or_is_refused():
         assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, path.name
         outcomes["ok"] += 1
     assert outcomes["ok"] >= 40 and outcomes["refused"] >= 1
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {},
+        {"RescaleSlope": 2, "RescaleIntercept": -1024},
+        {"RescaleSlope": 0.37},
+        {"RescaleIntercept": 100},
+        {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": 1.5},
+    ],
+)
+@pytest.mark.parametrize("frames", [1, 3])
+def test_decoded_pixels_give_what_monais_reader_gives(tags, frames, tmp_path):
+    """Ingest hands validation's decoded pixels to the preprocessing; the rescale it then does
+    itself equals MONAI's PydicomReader bit for bit, and so does the whole preprocessing."""
+    ds = make_dataset(modality="DX", rows=96, columns=80, frames=frames, seed=frames)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds = _reread(ds, tmp_path)[0]
+    pixels = pydicom.dcmread(tmp_path / "x.dcm").pixel_array
+    via_reader = decode_modality(ds)
+    given = decode_modality(ds, pixels)
+    assert given.dtype == via_reader.dtype == np.float32
+    np.testing.assert_array_equal(given, via_reader)
+    assert not np.shares_memory(given, pixels)  # the caller's array is never modified
+    spec = PreprocessSpec(image_size=32)
+    out = preprocess_dataset(ds, spec, pixels)
+    np.testing.assert_array_equal(out, preprocess_dataset(ds, spec))
+
+
+@pytest.mark.parametrize("percentiles", [(0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (25.0, 75.0)])
+@pytest.mark.parametrize("shape", [(1, 256, 256), (1, 40, 30), (1, 1, 1), (1, 512, 384)])
+def test_percentiles_equal_numpys_over_the_sample(percentiles, shape):
+    """The partitioned sample gives the interpolation over the fully sorted sample (and so
+    np.percentile's linear method, to rounding), to the last bit."""
+    from pipeline.imaging.display import _PERCENTILE_SAMPLE, _percentile_range
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 4096, shape).astype(np.float32)
+    x[..., ::7, ::5] = 4095  # ties
+    stride = max(1, int(np.ceil(np.sqrt(x.size / _PERCENTILE_SAMPLE))))
+    ordered = np.sort(x[..., ::stride, ::stride], axis=None)  # [k]
+    ranks = np.asarray(percentiles) / 100.0 * (ordered.size - 1)
+    want = np.interp(ranks, np.arange(ordered.size), ordered)
+    assert _percentile_range(x, percentiles) == (float(want[0]), float(want[1]))
+    np.testing.assert_allclose(want, np.percentile(x[..., ::stride, ::stride], percentiles))
+
+
+@pytest.mark.parametrize(
+    ("hw", "size"), [((256, 256), 64), ((192, 96), 64), ((128, 128), 64), ((300, 300), 100)]
+)
+def test_whole_factor_shrink_equals_torch_area(hw, size):
+    """The block mean used for small whole factors gives torch's "area" resize bit for bit."""
+    rng = np.random.default_rng(hw[0])
+    for x in (
+        rng.integers(0, 4096, (1, *hw)).astype(np.float32),
+        (rng.standard_normal((1, *hw)) * 1e3).astype(np.float32),
+    ):
+        out = pp.resize_pad(x, PreprocessSpec(image_size=size), pad=False)
+        h, w = pp.target_size(*hw, PreprocessSpec(image_size=size))
+        ref = F.interpolate(torch.from_numpy(x)[None], size=(h, w), mode="area")[0].numpy()
+        np.testing.assert_array_equal(out, ref)
