@@ -11,7 +11,14 @@ any labelled landmark:
 2. every image gets its own similarity transform (shift, rotation, isotropic scale), fitted by
    Adam on the squared difference between the intensity-standardised, Gaussian-blurred image
    and template (standardising each image makes the fit blind to a scanner's brightness and
-   contrast, blurring widens the basin of attraction);
+   contrast, blurring widens the basin of attraction) plus a Gaussian prior on the pose
+   (:data:`POSE_PRIOR_SD`: how far patients are positioned from the norm). Without the prior
+   the fit moved images whose *content* differed over a wide area (overlapping findings) as
+   if they were misplaced: on the simulator's ``overlap`` images, which have no positioning
+   variation at all, it introduced transforms of 0.24 (mean |parameter|) and a mean pixel error
+   of 0.060; with the prior (weight 0.01) 0.039 and 0.021, while on ``pose`` images the error
+   to the unmoved images fell from 0.056 to 0.030 (0.032 without the prior; 500 images, seed 0,
+   2026-11-29);
 3. the transforms are centred (the group's mean transform is the identity, so the cohort does
    not drift, e.g. zoom in, as a whole) and the template is recomputed from the aligned images;
    steps 2-3 repeat ``rounds`` times (groupwise registration, e.g. Joshi et al. 2004).
@@ -34,6 +41,9 @@ from torch import Tensor
 __all__ = ["ALIGN_MODES", "AlignSettings", "align_to_template", "groupwise_align", "warp"]
 
 ALIGN_MODES = ("none", "similarity")
+#: Prior standard deviation of each pose parameter: shift 5% of the image side (0.1 in
+#: ``affine_grid``'s units, where the side spans 2), rotation 5 degrees, scale 5% (log).
+POSE_PRIOR_SD = (0.1, 0.1, math.radians(5.0), 0.05)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class AlignSettings:
         blur_px: standard deviation of the Gaussian blur, in pixels of a 32-pixel image (scaled
             with the image side).
         batch: images registered together (bounds memory).
+        prior_weight: weight of the pose prior ``sum_k (params_k / POSE_PRIOR_SD_k)^2``
+            against the mean squared difference of standardised pixels.
     """
 
     rounds: int = 3
@@ -54,6 +66,7 @@ class AlignSettings:
     lr: float = 0.03
     blur_px: float = 1.0
     batch: int = 1024
+    prior_weight: float = 0.01
 
 
 def _theta(params: Tensor) -> Tensor:
@@ -93,6 +106,7 @@ def _register(x: Tensor, template: Tensor, s: AlignSettings) -> Tensor:
     """Similarity transforms ``[n, 4]`` taking each image of ``x`` onto ``template`` [C, H, W]."""
     sigma = s.blur_px * x.shape[-1] / 32
     target = _standardise(_blur(template[None], sigma))  # [1, C, H, W]
+    prior_sd = torch.tensor(POSE_PRIOR_SD, dtype=x.dtype, device=x.device)  # [4]
     out = []
     for start in range(0, len(x), s.batch):
         xb = _blur(x[start : start + s.batch], sigma)
@@ -100,9 +114,9 @@ def _register(x: Tensor, template: Tensor, s: AlignSettings) -> Tensor:
         opt = torch.optim.Adam([params], lr=s.lr)
         for _ in range(s.steps):
             opt.zero_grad()
-            # a sum over images: each image's gradient is its own problem's
-            loss = (_standardise(warp(xb, params)) - target).pow(2).mean((1, 2, 3)).sum()
-            loss.backward()
+            misfit = (_standardise(warp(xb, params)) - target).pow(2).mean((1, 2, 3))  # [b]
+            prior = s.prior_weight * (params / prior_sd).pow(2).sum(1)  # [b]
+            (misfit + prior).sum().backward()  # a sum: each image's gradient is its own
             opt.step()
         out.append(params.detach())
     return torch.cat(out)
