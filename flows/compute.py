@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.config import ComputeConfig
@@ -77,9 +79,6 @@ def prefect_api_url() -> str:
     A LocalCluster's workers are given it: a worker process that has no API URL starts a
     temporary server of its own on its first task (seconds of CPU per worker, on every run, and
     its task runs recorded in a database nobody reads)."""
-    from prefect.client.orchestration import get_client  # deferred: only the Dask engine needs it
-    from prefect.settings import PREFECT_API_URL
-
     url = PREFECT_API_URL.value()
     if url:
         return str(url)
