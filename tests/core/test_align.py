@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cmcl_core import CMCL
 from cmcl_core.align import align_to_template, groupwise_align
 from cmcl_core.simulate import simulate_setting
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

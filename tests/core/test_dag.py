@@ -15,13 +15,7 @@ from cmcl_core.simulate import simulate
 H_FUNCS = [h_expm, h_logdet]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These problems are tiny: intra-op threads only add contention on a shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dag_matrix(d: int, rng: np.random.Generator) -> np.ndarray:

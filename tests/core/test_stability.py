@@ -28,12 +28,7 @@ from tests.core.test_estimator import FAST, two_edge_data
 TYPES = ["continuous", "continuous", "continuous", "continuous", "continuous"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def known_graph(n: int = 300, seed: int = 0) -> np.ndarray:
