@@ -281,9 +281,6 @@ class CMCL:
         images = _as_numpy(images, "images")
         _check_images(images)
         u = _check_u(u, images.shape[0])
-        template = None
-        if cfg.align != "none":
-            images, _, template = groupwise_align(images)
         if not isinstance(self.latent_dim, int | np.integer) or self.latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         n = u.shape[0]
@@ -298,6 +295,9 @@ class CMCL:
         roles = _role_indices(u_roles, encoding.names)
         d = encoding.d
         knowledge = knowledge_mask(d, m, roles)
+        template = None
+        if cfg.align != "none":  # after every check on the arguments: registration takes seconds
+            images, _, template = groupwise_align(images)
         base = ~np.eye(d + m, dtype=bool) if cfg.allow_all_edges else bipartite_mask(d, m)
         device = _default_device(self.device)
         image_shape = tuple(int(s) for s in images.shape[1:])
