@@ -4,10 +4,11 @@
 *oracle criterion* chosen without looking at CMCL (``flows.demo.passes_oracle_criterion``):
 NOTEARS on the true latents, with Gaussian measurement noise of 0, 0.15 (two draws) and 0.25
 standard deviations, recovers every adjacency and the direction of every edge between two
-continuous variables. This benchmark runs CMCL with the demo's model settings (``flows.demo.DEMO_MODEL``) on
-the generator's data for every seed 0-15 and reports the whole distribution, and separately the
-seeds that pass the criterion, with the same scores as ``benchmarks/trust.py``: plain SHD,
-the SHD with ``undetermined`` rows undirected, wrong claims, MCC. No resampling (the demo's
+continuous variables. This benchmark runs CMCL with the demo's model settings
+(``flows.demo.DEMO_MODEL``) on the generator's data for every seed 0-15 and reports the whole
+distribution, and separately the seeds that pass the criterion, with the same scores as
+``benchmarks/trust.py``: plain SHD, the SHD with ``undetermined`` rows undirected, wrong
+claims, MCC. No resampling (the demo's
 stability figures need 20 more DAG solves per seed); the demo's binary ``u`` makes the
 orientation ``undetermined`` on its edges by rule.
 
