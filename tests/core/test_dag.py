@@ -240,11 +240,18 @@ def test_recovers_small_bipartite_graph():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_recovers_bipartite_graph_5u_5z(seed):
-    """The issue's setting: 5 u + 5 z, 4 edges, n = 1000, one binary u; SHD <= 1."""
+    """The issue's setting: 5 u + 5 z, 4 edges, n = 1000, one binary u; SHD <= 1, the binary
+    u's edge compared as an adjacency (its direction is not identifiable: docs/method.md)."""
     B_true, W = _recover(5, 4, seed=seed)
     assert is_dag(W)
     assert not np.any(W[:5, :5]) and not np.any(W[5:, 5:])  # bipartite mask respected
-    assert count_accuracy(B_true, W != 0)["shd"] <= 1
+    T, E = B_true != 0, W != 0
+    binary = np.zeros(10, dtype=bool)
+    binary[0] = True  # simulate's first n_binary columns
+    touches = binary[:, None] | binary[None, :]
+    skeleton_errors = np.triu((T | T.T) != (E | E.T)).sum()
+    reversed_ = (T & E.T & ~touches).sum()
+    assert skeleton_errors + reversed_ <= 1, (skeleton_errors, reversed_)
 
 
 @pytest.mark.slow
