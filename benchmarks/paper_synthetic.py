@@ -10,7 +10,10 @@ method is fitted on it with **one recipe** (:func:`recipe`, a ``CMCLConfig``):
   ``cmcl_nocm`` and ``cmcl_nocr`` remove the rotation, the causal representation module (the
   rotation needs it, so compare with ``cmcl_norot``) and the counterfactual regulariser.
   ``cmcl_align`` registers the images to the cohort's template first (``align: similarity``,
-  ``cmcl_core.align``), for images whose positioning varies.
+  ``cmcl_core.align``), for images whose positioning varies. ``cmcl_site`` standardises
+  brightness and contrast per level of the ``site`` column (``intensity: group``,
+  ``cmcl_core.intensity``; on data without that column it is ``cmcl``), and
+  ``cmcl_align_site`` does both.
 * ``vae``, ``betavae``, ``ivae``, ``tcvae``, ``factorvae``: two-stage pipelines, a
   representation learner (``benchmarks/baselines.py``) trained with CMCL's recipe
   (``BaselineConfig.from_recipe``: likelihood, initialisation, input standardisation, batch,
@@ -63,6 +66,7 @@ from benchmarks.synthetic_report import seed_split, write_report
 from cmcl_core.config import CMCLConfig
 from cmcl_core.graph import bipartite_mask
 from cmcl_core.metrics import count_accuracy, mcc, mic, mic_matched
+from cmcl_core.realism import SITE_NAME
 from cmcl_core.rotation import sparse_basis
 from cmcl_core.structure import solve_structure
 
@@ -81,6 +85,8 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_nocm": {"use_cm": False},
     "cmcl_nocr": {"use_cr": False},
     "cmcl_align": {"align": "similarity"},
+    "cmcl_site": {"intensity": "group", "intensity_group": SITE_NAME},
+    "cmcl_align_site": {"align": "similarity", "intensity": "group", "intensity_group": SITE_NAME},
 }
 ROTATED = tuple(f"{b}_rot" for b in ("vae", "betavae", "ivae"))
 REFERENCES = ("pca", "oracle")
@@ -161,7 +167,10 @@ def _fit_cmcl(data, method: str, seed: int, opts: _FitOptions):
     from cmcl_core.estimator import CMCL  # imported late: the heaviest dependency
 
     m = data.z.shape[1]
-    model = CMCL.from_config(variant_config(opts.recipe, method), m, device=opts.device, seed=seed)
+    cfg = variant_config(opts.recipe, method)
+    if cfg.intensity_group is not None and cfg.intensity_group not in data.u_names:
+        cfg = replace(cfg, intensity="none", intensity_group=None)  # no site column here
+    model = CMCL.from_config(cfg, m, device=opts.device, seed=seed)
     model.fit(data.images, data.u, u_types=list(data.u_types), u_names=list(data.u_names))
     z_hat = model.transform(data.images, data.u)  # [n, m]
     epochs_run = len(getattr(model, "history_", []) or []) or None

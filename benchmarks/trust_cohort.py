@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--realism", default="clean", help="a cmcl_core.realism preset, e.g. all")
     p.add_argument("--latent-dim", type=int, default=5, help="the model's m (the truth has 5)")
     p.add_argument("--align", default="none", help="model.align: none | similarity")
+    p.add_argument(
+        "--intensity",
+        default="none",
+        choices=["none", "image", "group"],
+        help="model.intensity (group: per level of the site column)",
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/cmcl-trust-cohort"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/trust_cohort"))
     args = p.parse_args(argv)
@@ -54,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = yaml.safe_load(info.config_path.read_text())
     base["model"] = dict(DEMO_MODEL, latent_dim=args.latent_dim, align=args.align)
+    if args.intensity != "none":
+        base["model"]["intensity"] = args.intensity
+        if args.intensity == "group":
+            base["model"]["intensity_group"] = "site"
     roles = dict(KNOWLEDGE)
     if "site" in info.u_names:  # the scanner site is installed before any image is taken
         roles["causes"] = [*roles["causes"], "site"]
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd}`. True edges: "
         + ", ".join(f"{a} -> {b}" for a, b in info.true_edges)
         + f"; sex has no effect. Realism: {args.realism}; model latent_dim {args.latent_dim}, "
-        f"align {args.align}.",
+        f"align {args.align}, intensity {args.intensity}.",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

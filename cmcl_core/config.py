@@ -50,6 +50,12 @@ class CMCLConfig:
         align: ``"none"`` or ``"similarity"``: register every image to the cohort's template
             (shift, rotation, scale; ``cmcl_core.align``) before the encoder sees it, in ``fit``
             and in every later use; for images whose positioning varies (radiographs).
+        intensity: ``"none"``, ``"image"`` or ``"group"``: map every image's brightness and
+            contrast onto the cohort's (``cmcl_core.intensity``) before registration and the
+            encoder, in ``fit`` and in every later use; ``group`` uses one map per level of
+            the categorical ``u`` column ``intensity_group`` (site, scanner), ``image`` each
+            image's own statistics. For cohorts from several scanners.
+        intensity_group: the categorical ``u`` column whose levels ``group`` standardises.
         he_init: He-normal init of the conv encoder/decoder (PyTorch's default init let the
             posterior of z0 collapse).
         likelihood: ``"gaussian"`` (fixed pixel std ``gaussian_sigma``) or ``"bernoulli"``
@@ -124,6 +130,8 @@ class CMCLConfig:
     posterior_uses_u: bool = True
     standardize_images: bool = True
     align: str = "none"
+    intensity: str = "none"
+    intensity_group: str | None = None
     he_init: bool = True
     likelihood: str = "gaussian"
     gaussian_sigma: float = 0.1
@@ -204,6 +212,13 @@ class CMCLConfig:
             problems.append("likelihood must be 'bernoulli' or 'gaussian'")
         if self.align not in ("none", "similarity"):
             problems.append(f"align must be 'none' or 'similarity', got {self.align!r}")
+        if self.intensity not in ("none", "image", "group"):
+            problems.append(f"intensity must be 'none', 'image' or 'group', got {self.intensity!r}")
+        if (self.intensity == "group") != (self.intensity_group is not None):
+            problems.append(
+                "intensity_group names the categorical u column (e.g. site) exactly when "
+                "intensity is 'group'"
+            )
         if self.gaussian_sigma <= 0:
             problems.append("gaussian_sigma must be > 0")
         if self.rotate_every < 0 or self.rotate_until < 0:

@@ -32,6 +32,7 @@ from cmcl_core.edges import (
     latent_roles,
 )
 from cmcl_core.graph import bipartite_mask, edge_list, node_names, topological_order
+from cmcl_core.intensity import IntensityMap
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
 from cmcl_core.structure import StructureData
 from cmcl_core.training import EpochCallback, fit_network
@@ -156,6 +157,8 @@ class CMCL:
         posterior_uses_u: bool = True,
         standardize_images: bool = True,
         align: str = "none",
+        intensity: str = "none",
+        intensity_group: str | None = None,
         he_init: bool = True,
         likelihood: str = "gaussian",
         gaussian_sigma: float = 0.1,
@@ -295,6 +298,9 @@ class CMCL:
         roles = _role_indices(u_roles, encoding.names)
         d = encoding.d
         knowledge = knowledge_mask(d, m, roles)
+        intensity = _fit_intensity(cfg, images, u, encoding)
+        if intensity is not None:
+            images = intensity.apply(images, _groups(cfg, u, encoding))
         template = None
         if cfg.align != "none":  # after every check on the arguments: registration takes seconds
             images, _, template = groupwise_align(images)
@@ -312,6 +318,7 @@ class CMCL:
             cohort = Cohort.for_device(images, device, cfg.precision)
             result = fit_network(net, cfg, cohort, u, self.seed, callback)
         self._set_fitted(net, cfg, image_shape, device)
+        self.intensity_map_ = intensity
         self.align_template_ = template
         self.u_roles_ = {encoding.names[i]: role for i, role in roles.items()}
         self.knowledge_ = knowledge
@@ -386,11 +393,22 @@ class CMCL:
         images = _as_numpy(images, "images")
         _check_images(images, self.image_shape_)
         u = _check_u(u, images.shape[0], self.n_features_in_)
-        return self.align_images(images), u
+        return self.prepare_images(images, u), u
+
+    def prepare_images(self, images: Any, u: Any) -> np.ndarray:
+        """The images as the encoder expects them (``encoder_module`` does neither step):
+        intensity-standardised when ``intensity`` is on (by ``u``'s group column), then
+        registered to the training cohort's template when ``align`` is on."""
+        self._check_fitted()
+        images = _as_numpy(images, "images")
+        if self.intensity_map_ is not None:
+            u = np.asarray(u, np.float64)
+            images = self.intensity_map_.apply(images, _groups(self.config_, u, self.encoding_))
+        return self.align_images(images)
 
     def align_images(self, images: Any) -> np.ndarray:
-        """Images registered to the training cohort's template when ``align`` is on (what the
-        encoder expects; ``encoder_module`` does not register), else unchanged."""
+        """Images registered to the training cohort's template when ``align`` is on, else
+        unchanged (the second step of :meth:`prepare_images`)."""
         self._check_fitted()
         images = _as_numpy(images, "images")
         if self.align_template_ is None:
@@ -521,6 +539,7 @@ class CMCL:
             "weighted_adjacency": self.weighted_adjacency_.tolist(),
             "raw_adjacency": self.raw_adjacency_.tolist(),
             "u_roles": self.u_roles_,
+            "intensity": None if self.intensity_map_ is None else self.intensity_map_.to_dict(),
             "align_template": None
             if self.align_template_ is None
             else self.align_template_.tolist(),
@@ -559,6 +578,8 @@ class CMCL:
         model.weighted_adjacency_ = W
         model.raw_adjacency_ = np.array(meta["raw_adjacency"])
         model.history_ = meta["history"]
+        intensity = meta.get("intensity")
+        model.intensity_map_ = None if intensity is None else IntensityMap.from_dict(intensity)
         template = meta.get("align_template")
         model.align_template_ = None if template is None else np.array(template, np.float32)
         model.edges_ = edge_list(W, model.node_names_)
@@ -584,3 +605,35 @@ def _stability_dict(s: Stability) -> dict[str, Any]:
 def _stability_from_dict(d: dict[str, Any]) -> Stability:
     arrays = {k: np.array(d[k]) for k in ("adjacency", "forward", "weight")}
     return Stability(**arrays, resamples=int(d["resamples"]), level=str(d["level"]))
+
+
+def _fit_intensity(
+    cfg: CMCLConfig, images: np.ndarray, u: np.ndarray, encoding: UEncoding
+) -> IntensityMap | None:
+    """The intensity standardisation of ``cfg.intensity`` fitted on the training images."""
+    if cfg.intensity == "none":
+        return None
+    return IntensityMap.fit(images, cfg.intensity, _groups(cfg, u, encoding))
+
+
+def _groups(cfg: CMCLConfig, u: np.ndarray, encoding: UEncoding) -> np.ndarray | None:
+    """``[n]`` codes of the ``intensity_group`` column (``intensity: group``), else None.
+
+    Raises:
+        ValueError: the column is not one of ``u``'s or is not categorical.
+    """
+    if cfg.intensity != "group":
+        return None
+    name = cfg.intensity_group
+    if name not in encoding.names:
+        raise ValueError(
+            f"intensity_group {name!r} is not a u column (u has {list(encoding.names)}); "
+            "name the site or scanner column, or use intensity: image"
+        )
+    i = encoding.names.index(name)
+    if encoding.types[i] != VariableType.CATEGORICAL:
+        raise ValueError(
+            f"intensity_group {name!r} is {encoding.types[i]}, not categorical; declare it "
+            "categorical (one level per site or scanner) or use intensity: image"
+        )
+    return u[:, i]

@@ -74,6 +74,30 @@ def knowledge_roles(cfg: Config, u_names: Sequence[str]) -> dict[str, str]:
     return roles
 
 
+def check_intensity_group(mcfg: CMCLConfig, u_names: Sequence[str], u_types: Sequence[str]) -> None:
+    """``model.intensity: group`` standardises per level of a categorical clinical variable.
+
+    Raises:
+        ConfigError: ``model.intensity_group`` is not a clinical variable, or not categorical.
+    """
+    name = mcfg.intensity_group
+    if mcfg.intensity != "group" or name is None:
+        return
+    if name not in u_names:
+        raise ConfigError(
+            f"model.intensity_group names {name}, which the clinical query does not return "
+            f"(its variables: {', '.join(u_names)})",
+            "set model.intensity_group to the site or scanner column and add it to "
+            "clinical.query, or use model.intensity: image",
+        )
+    kind = u_types[list(u_names).index(name)]
+    if kind != "categorical":
+        raise ConfigError(
+            f"model.intensity_group {name} is {kind}, not categorical",
+            f"declare it under clinical.variables ({name}: categorical)",
+        )
+
+
 def check_stability_settings(cfg: Config) -> None:
     """``stability.level: dag`` re-solves the final DAG on resamples, so the run must solve one.
 
@@ -152,6 +176,7 @@ def fit_model(
         DataError: the cohort cannot be trained on (too few rows for a batch, ...).
     """
     latent_dim, mcfg = model_settings(cfg.model)
+    check_intensity_group(mcfg, cohort.u_names, cohort.u_types)
     model = CMCL.from_config(mcfg, latent_dim, device=device, seed=cfg.seed)
     try:
         model.fit(

@@ -92,7 +92,7 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine: sa.Engine) -> Sco
         with tempfile.TemporaryDirectory(dir=cache.root) as tmp:
             keys = [cohort.cache_keys[i] for i in todo]
             images = load_training_images(cache, keys, Path(tmp) / "score.npy")  # [k, 1, S, S]
-            images = _registered(images, run, art, run_folder(cfg, run_id))
+            images = _registered(images, cohort.u[todo], run, art, run_folder(cfg, run_id))
             z = encode(session, images, cohort.u[todo])  # [k, m]
             del images
         rows = (
@@ -104,18 +104,23 @@ def score_run(cfg: Config, run_id: int, *, key: bytes, engine: sa.Engine) -> Sco
     return ScoreResult(run_id, len(cohort), len(cohort) - len(todo), len(todo), provider)
 
 
-def _registered(images: np.ndarray, run: dict, art: dict, folder: Path) -> np.ndarray:
-    """The images registered to the run's template when it was trained with ``model.align``
-    (the ONNX encoder expects registered images): the template is read from the run's model
-    file, whose sha256 is checked first."""
-    if ((run["config"] or {}).get("model") or {}).get("align", "none") == "none":
+def _registered(
+    images: np.ndarray, u: np.ndarray, run: dict, art: dict, folder: Path
+) -> np.ndarray:
+    """The images as the run's encoder expects them when it was trained with
+    ``model.intensity`` or ``model.align`` (intensity-standardised, then registered to its
+    template; the ONNX encoder does neither): the maps are read from the run's model file,
+    whose sha256 is checked first."""
+    model_cfg = (run["config"] or {}).get("model") or {}
+    if model_cfg.get("align", "none") == "none" and model_cfg.get("intensity", "none") == "none":
         return images
     model_art = next((a for a in art.values() if a["kind"] == "torch"), None)
     path = None if model_art is None else folder / model_art["relpath"]
     if path is None or not path.is_file() or sha256_file(path) != model_art["sha256"]:
         raise DataError(
-            f"run {run['id']} was trained with model.align but its model file is missing or "
-            "altered (the registration template is stored there)",
+            f"run {run['id']} was trained with model.align or model.intensity but its model "
+            "file is missing or altered (the registration template and intensity maps are "
+            "stored there)",
             "re-run `cmcl run`",
         )
-    return CMCL.load(str(path), device="cpu").align_images(images)
+    return CMCL.load(str(path), device="cpu").prepare_images(images, u)
