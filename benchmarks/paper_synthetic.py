@@ -85,6 +85,7 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_nocm": {"use_cm": False},
     "cmcl_nocr": {"use_cr": False},
     "cmcl_align": {"align": "similarity"},
+    "cmcl_oblique": {"rotation": "oblique"},
     "cmcl_site": {"intensity": "group", "intensity_group": SITE_NAME},
     "cmcl_align_site": {"align": "similarity", "intensity": "group", "intensity_group": SITE_NAME},
 }

@@ -70,6 +70,10 @@ class CMCLConfig:
             Needs the CM module.
         rotate_until: last epoch (1-based) after which a scheduled rotation may happen. With
             ``refit_dag`` one more rotation comes right before the final DAG solve.
+        rotation: ``"orthogonal"`` (whitened latents, the sparsest rotation) or ``"oblique"``
+            (unit-variance latents that may correlate, the sparsest unit-row map;
+            ``rotation.sparsest_oblique``), for latents that share a cause the clinical
+            table does not hold (body habitus moving several structures together).
         dag_hidden: hidden widths of each NOTEARS-MLP (the NOTEARS reference's one layer of 10;
             Appendix D.3 says 3 x 10).
         cr_hidden: hidden widths of the CR classifier D (Appendix D.3: 3 x 10).
@@ -140,6 +144,7 @@ class CMCLConfig:
     sparsity_dims: int = 4
     rotate_every: int = 5
     rotate_until: int = 40
+    rotation: str = "orthogonal"
     dag_hidden: tuple[int, ...] = (10,)
     cr_hidden: tuple[int, ...] = (10, 10, 10)
     use_cm: bool = True
@@ -221,6 +226,8 @@ class CMCLConfig:
             )
         if self.gaussian_sigma <= 0:
             problems.append("gaussian_sigma must be > 0")
+        if self.rotation not in ("orthogonal", "oblique"):
+            problems.append(f"rotation must be 'orthogonal' or 'oblique', got {self.rotation!r}")
         if self.rotate_every < 0 or self.rotate_until < 0:
             problems.append("rotate_every and rotate_until must be >= 0")
         if self.decoder_sparsity < 0 or self.sparsity_samples < 1 or self.sparsity_dims < 1:

@@ -167,6 +167,7 @@ class CMCL:
         sparsity_dims: int = 4,
         rotate_every: int = 5,
         rotate_until: int = 40,
+        rotation: str = "orthogonal",
         dag_hidden: tuple[int, ...] = (10,),
         cr_hidden: tuple[int, ...] = (10, 10, 10),
         use_cm: bool = True,

@@ -80,6 +80,35 @@ def sparsest_rotation(
     return best_R
 
 
+def sparsest_oblique(J: torch.Tensor, iters: int = 150) -> torch.Tensor:
+    """``G`` [m, m] with unit-norm rows minimising ``sum |J G^-1|`` for a Jacobian ``J``
+    [k, P, m] in whitened coordinates ``w``: the new latents ``z' = G w`` keep unit variance
+    but may correlate (``cov(z') = G G^T``), as in oblique factor rotation (Jennrich 2006,
+    component loss; the L1 loss grows without bound as two rows of ``G`` become parallel, so
+    the latents cannot collapse onto one another).
+
+    Adam on an unconstrained ``M`` (rows normalised to give ``G``), from the identity, its rate
+    cosine-decayed to 0 as in :func:`sparsest_rotation`.
+    """
+    m = J.shape[-1]
+    Jd = J.detach().cpu().float()
+
+    def objective(G: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((Jd @ torch.linalg.inv(G)).pow(2) + 1e-10).sum()
+
+    M = torch.eye(m).requires_grad_(True)
+    opt = torch.optim.Adam([M], lr=0.02)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    for _ in range(iters):
+        opt.zero_grad()
+        objective(M / M.norm(dim=1, keepdim=True)).backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        M = M.double()
+        return M / M.norm(dim=1, keepdim=True)
+
+
 def _mean_logvar_layer(layer: nn.Linear, m: int, A: torch.Tensor, b: torch.Tensor) -> None:
     """Rewrite a Linear whose outputs are [mean (m), log-variance (m)] for z' = A z + b."""
     W, c = layer.weight, layer.bias  # [2m, h], [2m]
@@ -104,23 +133,25 @@ def rewritten_parameters(net: CMCLNetwork) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def sparse_basis(
-    decoder: nn.Module, z_means: np.ndarray | torch.Tensor, seed: int
+    decoder: nn.Module, z_means: np.ndarray | torch.Tensor, seed: int, oblique: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The affine map ``z' = A z + b`` to whitened latents in the decoder's sparsest basis.
+    """The affine map ``z' = A z + b`` to standardised latents in the decoder's sparsest basis.
 
     Any decoder of latents to image logits works (CMCL's during training, a two-stage
     baseline's after it): the posterior means are whitened (``C = L L^T``) and rotated by the
-    orthogonal ``R`` that minimises the L1 norm of the decoder's Jacobian.
+    orthogonal ``R`` that minimises the L1 norm of the decoder's Jacobian, or, ``oblique``,
+    mapped by the unit-row ``G`` of :func:`sparsest_oblique` (latents that may correlate).
 
     Args:
         decoder: ``z [k, m] -> logits [k, C, H, W]``.
         z_means: [k, m] posterior means E[z | x, u] of the rows that estimate the mean, the
             covariance and the decoder's Jacobian (its first ``ROTATION_POINTS`` rows).
         seed: seed of the rotation search.
+        oblique: search the oblique ``G`` instead of the orthogonal ``R``.
 
     Returns:
-        ``(A [m, m], b [m], gain)`` in float64 on the CPU, ``A = R^T L^{-1}``, ``b = -A mu``;
-        ``gain`` is the relative drop of the Jacobian's L1 norm.
+        ``(A [m, m], b [m], gain)`` in float64 on the CPU, ``A = R^T L^{-1}`` (oblique:
+        ``G L^{-1}``), ``b = -A mu``; ``gain`` is the relative drop of the Jacobian's L1 norm.
     """
     dev = next(decoder.parameters()).device
     z = torch.as_tensor(z_means, dtype=torch.float64)  # [k, m]
@@ -136,28 +167,32 @@ def sparse_basis(
     J_z = jacobian_at(decoder, pts, step).double().cpu()  # [k, P, m]
     J_w = J_z @ L  # Jacobian in whitened coordinates
     with torch.enable_grad():
-        R = sparsest_rotation(J_w, seed=seed)
+        G = sparsest_oblique(J_w) if oblique else sparsest_rotation(J_w, seed=seed).T
     before = float(J_w.abs().sum())
-    after = float((J_w @ R).abs().sum())
-    A = R.T @ torch.linalg.inv(L)  # z' = A z + b
+    after = float((J_w @ torch.linalg.inv(G)).abs().sum())  # R^T^-1 = R
+    A = G @ torch.linalg.inv(L)  # z' = A z + b
     return A, -A @ mu, 1.0 - after / max(before, 1e-12)
 
 
 @torch.no_grad()
-def rotate_latents(net: CMCLNetwork, z_means: np.ndarray, seed: int) -> float:
-    """Re-parametrise ``net`` so its latents are whitened and in the decoder's sparsest basis.
+def rotate_latents(
+    net: CMCLNetwork, z_means: np.ndarray, seed: int, oblique: bool = False
+) -> float:
+    """Re-parametrise ``net`` so its latents are standardised and in the decoder's sparsest
+    basis (whitened too unless ``oblique``).
 
     Args:
         net: the network being trained (CM module on).
         z_means: [k, m] posterior means E[z | x, u] (see :func:`sparse_basis`).
         seed: seed of the rotation search.
+        oblique: let the latents correlate (:func:`sparsest_oblique`).
 
     Returns:
         The relative drop of the Jacobian L1 norm achieved by the rotation.
     """
     dev = net.device
     m = net.latent_dim
-    A, b, gain = sparse_basis(net.decoder, z_means, seed)
+    A, b, gain = sparse_basis(net.decoder, z_means, seed, oblique)
     A_inv = torch.linalg.inv(A)
     f = dict(device=dev, dtype=torch.float32)
     A_f, b_f, A_inv_f = A.to(**f), b.to(**f), A_inv.to(**f)

@@ -180,11 +180,15 @@ def _validation_loss(
 
 
 def _rotate(
-    net: CMCLNetwork, data: tuple[Cohort, np.ndarray], train_idx: np.ndarray, epoch: int
+    net: CMCLNetwork,
+    cfg: CMCLConfig,
+    data: tuple[Cohort, np.ndarray],
+    train_idx: np.ndarray,
+    epoch: int,
 ) -> None:
     images, u = data
     z = net.posterior_means(images, u, np.sort(train_idx[:ROTATION_ROWS]))
-    gain = rotate_latents(net, z, seed=epoch)
+    gain = rotate_latents(net, z, seed=epoch, oblique=cfg.rotation == "oblique")
     logger.info("epoch %d: latents rotated to the sparsest basis (L1 -%.1f%%)", epoch, 100 * gain)
 
 
@@ -250,7 +254,7 @@ def fit_network(
         net.eval()
         rotated = rotation_due(cfg, epoch, net)
         if rotated:
-            _rotate(net, data, train_idx, epoch)
+            _rotate(net, cfg, data, train_idx, epoch)
             # Adam's moments of the rewritten layers belong to the old basis: drop them (they
             # restart, bias correction included); every other layer keeps its moments.
             for p in rewritten_parameters(net):
@@ -277,7 +281,7 @@ def fit_network(
     if cfg.refit_dag and rotations_on(cfg, net) and not rotated:
         # A last rotation right before the final DAG solve, which starts from scratch anyway:
         # it hands the solve whitened latents in the sparsest basis (docs/method.md).
-        _rotate(net, data, train_idx, cfg.epochs)
+        _rotate(net, cfg, data, train_idx, cfg.epochs)
     return _final_graph(net, cfg, data, train_idx, seed, history)
 
 

@@ -14,6 +14,7 @@ from cmcl_core.rotation import (
     jacobian_at,
     rewritten_parameters,
     rotate_latents,
+    sparsest_oblique,
     sparsest_rotation,
 )
 from cmcl_core.training import rotation_due
@@ -77,6 +78,39 @@ def test_rotation_preserves_the_decoded_posterior_means():
     np.testing.assert_allclose(np.cov(z_after.T), np.eye(3), atol=1e-2)
 
 
+def test_sparsest_oblique_map_finds_correlated_factors():
+    """Sparse loadings of correlated factors: no orthogonal rotation of the whitened
+    coordinates is sparse, the oblique map recovers the loadings and the correlations."""
+    rng = np.random.default_rng(0)
+    loadings = np.zeros((64, 4))  # [P, m], one block of 16 pixels per factor
+    for j in range(4):
+        loadings[16 * j : 16 * (j + 1), j] = rng.uniform(0.5, 1.5, 16)
+    phi = np.array([[1, 0.5, 0.5, 0], [0.5, 1, 0.5, 0], [0.5, 0.5, 1, 0], [0, 0, 0, 1.0]])
+    J_w = torch.tensor((loadings @ np.linalg.cholesky(phi))[None])  # [1, P, m], w white
+    G = sparsest_oblique(J_w)
+    np.testing.assert_allclose(G.norm(dim=1).numpy(), 1.0, atol=1e-12)  # unit variances
+    found = (J_w @ torch.linalg.inv(G))[0].abs().numpy()  # [P, m]
+    assert (found > 1e-2).sum() == 64, "every pixel driven by exactly one latent"
+    np.testing.assert_allclose(np.abs(G @ G.T).numpy(), phi, atol=0.02)
+    R = sparsest_rotation(J_w)  # the orthogonal search cannot separate them
+    assert ((J_w @ R)[0].abs().numpy() > 1e-2).sum() > 80
+
+
+def test_oblique_rotation_preserves_the_decoded_posterior_means():
+    model, images, u = _tiny_fit(96, data_seed=0)
+    net = model.network_
+    z_before = net.posterior_means(images, u)
+    with torch.no_grad():
+        x_before = torch.sigmoid(net.decoder(torch.as_tensor(z_before, dtype=torch.float32)))
+    rotate_latents(net, z_before, seed=0, oblique=True)
+    z_after = net.posterior_means(images, u)
+    with torch.no_grad():
+        x_after = torch.sigmoid(net.decoder(torch.as_tensor(z_after, dtype=torch.float32)))
+    torch.testing.assert_close(x_after, x_before, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(z_after.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.diag(np.cov(z_after.T)), 1.0, atol=1e-2)  # unit variances
+
+
 def test_rewritten_parameters_are_exactly_those_a_rotation_changes():
     model, images, u = _tiny_fit(64, data_seed=1, epochs=1, min_epochs=1)
     params = _own_parameters(model)
@@ -97,8 +131,8 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
 
     kept = []
 
-    def spy(net, z, seed):
-        gain = rotate_latents(net, z, seed)
+    def spy(net, z, seed, oblique=False):
+        gain = rotate_latents(net, z, seed, oblique)
         own = {id(p) for p in net.parameters()}
         kept.append((own, {id(p) for p in rewritten_parameters(net)}))
         return gain
@@ -149,9 +183,9 @@ def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):
 
     seen = []
 
-    def spy(net, z, seed):
+    def spy(net, z, seed, oblique=False):
         seen.append(seed)
-        return rotate_latents(net, z, seed)
+        return rotate_latents(net, z, seed, oblique)
 
     monkeypatch.setattr(training, "rotate_latents", spy)
     images, u = _noise_data(64, seed=0)
