@@ -86,6 +86,8 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_nocr": {"use_cr": False},
     "cmcl_align": {"align": "similarity"},
     "cmcl_oblique": {"rotation": "oblique"},
+    "cmcl_links": {"latent_edges": True},
+    "cmcl_oblique_links": {"rotation": "oblique", "latent_edges": True},
     "cmcl_site": {"intensity": "group", "intensity_group": SITE_NAME},
     "cmcl_align_site": {"align": "similarity", "intensity": "group", "intensity_group": SITE_NAME},
 }

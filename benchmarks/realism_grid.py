@@ -12,7 +12,11 @@ Every latent is matched to the true ones by the Hungarian assignment on |Spearma
 all graph metrics use that matching:
 
 * ``mcc``: mean |Spearman| of matched latents (``mic``: MIC of the matched pairs);
-* ``skeleton_shd``: adjacencies present in one graph but not the other, direction ignored;
+* ``skeleton_shd``: adjacencies present in one graph but not the other, direction ignored,
+  over the pairs with a clinical variable (``u - z``, ``u - u``); ``latent_links``: the
+  ``z - z`` edges a method with ``latent_edges`` found (none are in the truth, whose latents
+  share an unrecorded factor under ``correlated``), ``latent_links_confounded``: how many of
+  them join two latents that share that factor;
 * ``shd``, ``tpr``, ``fpr``, ``fdr``: ``count_accuracy`` of the directed graph;
 * ``claims`` / ``wrong_claims`` / ``undetermined``: the edge table's rows
   (``cmcl_core.edges.edge_table``, no roles, no resampling) scored by ``benchmarks.trust.score``:
@@ -67,11 +71,15 @@ KEY = ("preset", "setting", "seed", "method")
 PROTOCOL = ("n", "image_size", "epochs")
 
 
-def skeleton_shd(B_true: np.ndarray, B_est: np.ndarray) -> int:
-    """Adjacencies in one graph but not in the other, direction ignored ([p, p] each)."""
+def skeleton_shd(B_true: np.ndarray, B_est: np.ndarray, d: int | None = None) -> int:
+    """Adjacencies in one graph but not in the other, direction ignored ([p, p] each); with
+    ``d``, only pairs with one of the first ``d`` (clinical) nodes count."""
     true_adj = (np.asarray(B_true) != 0) | (np.asarray(B_true) != 0).T  # [p, p] symmetric
     est_adj = (np.asarray(B_est) != 0) | (np.asarray(B_est) != 0).T
-    return int(np.triu(true_adj != est_adj, k=1).sum())
+    differ = np.triu(true_adj != est_adj, k=1)
+    if d is not None:
+        differ[d:, d:] = False  # z - z pairs are scored apart
+    return int(differ.sum())
 
 
 def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
@@ -91,7 +99,10 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
     d, m = data.u.shape[1], data.z.shape[1]
     names = list(data.u_names) + [f"z{j}" for j in range(m)]
     types = list(data.u_types) + ["continuous"] * m
-    rows = edge_table(W, names, types, knowledge_mask(d, m, {}))  # no roles, no resampling
+    rows = edge_table(W, names, types, knowledge_mask(d, m, {}), n_clinical=d)  # no resampling
+    latent = set(names[d:])
+    links = [e for e in rows if {e.source, e.target} <= latent]
+    rows = [e for e in rows if not {e.source, e.target} <= latent]
     trust = trust_score(data, z_hat, rows)
     _, match = mcc(np.asarray(data.z), z_hat)  # match[i]: column of z_hat for true z_i
     index = {name: i for i, name in enumerate(data.u_names)}
@@ -105,8 +116,12 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
         B_est[i, j] = True
         verdict = "true" if B_true[i, j] else "reversed" if B_true[j, i] else "absent"
         edges.append([true_names[i], true_names[j], str(e.orientation), verdict])
+    shared = {d + int(j) for j in getattr(data, "confounded", ())}  # true latents sharing h
+    linked = [(index[e.source], index[e.target]) for e in links]
     return {
-        "skeleton_shd": skeleton_shd(B_true, B_est),
+        "skeleton_shd": skeleton_shd(B_true, B_est, d),
+        "latent_links": len(linked),
+        "latent_links_confounded": sum(i in shared and j in shared for i, j in linked),
         **{k: trust[k] for k in ("claims", "wrong_claims", "undetermined", "shd_cpdag")},
         "edges": sorted(edges),
         "true_edges": sorted([list(e) for e in data.edges]),

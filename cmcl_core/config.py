@@ -80,6 +80,10 @@ class CMCLConfig:
         use_cm: train the causal representation module (Eq. 7); off (an ablation): z = z0.
         use_cr: train the counterfactual contrastive regulariser (Eq. 13).
         allow_all_edges: allow u-u and z-z edges; the default is the paper's bipartite graph.
+        latent_edges: allow z-z edges as well as u-z ones: latents that co-vary beyond ``u``
+            (a shared cause no clinical variable records, e.g. body habitus) are then linked to
+            each other instead of through a clinical variable. Their rows are always
+            ``undetermined`` and they make no latent ``clinical``.
         beta_embed: weight of the KL term of the embedding ELBO (Eq. 6).
         beta_cm: weight of the KL term of the causal representation ELBO (Eq. 19).
         lambda_dag: weight of L_DAG (Eq. 10) in the joint objective (Eq. 14).
@@ -150,6 +154,7 @@ class CMCLConfig:
     use_cm: bool = True
     use_cr: bool = True
     allow_all_edges: bool = False
+    latent_edges: bool = False
     beta_embed: float = 0.1
     beta_cm: float = 0.1
     lambda_dag: float = 1.0

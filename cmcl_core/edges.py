@@ -10,7 +10,9 @@ trusted:
 * ``undetermined``: the model cannot decide. A binary or categorical variable against a
   continuous one fits both directions alike (a logistic ``z -> u`` is the exact posterior of a
   two-Gaussian mixture ``u -> z``), or the resampled fits disagree. The row keeps the
-  estimated direction, but it is not a claim.
+  estimated direction, but it is not a claim. An edge between two latents (``latent_edges``)
+  is always undetermined: it says that two image features co-vary beyond the clinical
+  variables, which a hidden common cause explains as well as either direction.
 
 Stability (:class:`Stability`) comes from refitting on bootstrap resamples
 (``cmcl_core.stability``): the fraction of resamples whose graph contains the adjacency, and
@@ -148,6 +150,7 @@ def edge_table(
     types: Sequence[str],
     knowledge: np.ndarray,
     stability: Stability | None = None,
+    n_clinical: int | None = None,
 ) -> list[Edge]:
     """Rows for every edge of ``W`` and, with resampling, every adjacency that at least
     :data:`MIN_RESAMPLE_SHARE` of the resamples have; strongest first.
@@ -158,8 +161,12 @@ def edge_table(
         types: node types.
         knowledge: :func:`knowledge_mask`.
         stability: frequencies over resampled fits, or None.
+        n_clinical: the first ``n_clinical`` nodes are clinical variables and the others
+            latents; an edge between two latents is ``undetermined`` (None: every node is
+            clinical).
     """
     W = np.asarray(W)
+    first_latent = len(names) if n_clinical is None else n_clinical
     pairs = {(int(i), int(j)) for i, j in zip(*np.nonzero(W), strict=True)}
     if stability is not None:
         for i, j in zip(
@@ -177,7 +184,9 @@ def edge_table(
                 source=str(names[i]),
                 target=str(names[j]),
                 weight=float(W[i, j]),
-                orientation=orientation_of(i, j, types, knowledge, agreement),
+                orientation=Orientation.UNDETERMINED
+                if min(i, j) >= first_latent
+                else orientation_of(i, j, types, knowledge, agreement),
                 stability=None if stability is None else float(stability.adjacency[i, j]),
                 direction_agreement=agreement,
             )
@@ -216,10 +225,12 @@ def latent_roles(
     """
     z_std = np.asarray(z_std, dtype=float)
     top = float(z_std.max()) if z_std.size else 0.0
+    latent = set(latent_names)
     linked = {
         name
         for e in edges
-        if e.stability is None or e.stability >= MIN_RESAMPLE_SHARE
+        if (e.stability is None or e.stability >= MIN_RESAMPLE_SHARE)
+        and not {e.source, e.target} <= latent  # a z - z edge ties no latent to the clinic
         for name in (e.source, e.target)
     }
     roles = {}

@@ -173,6 +173,7 @@ class CMCL:
         use_cm: bool = True,
         use_cr: bool = True,
         allow_all_edges: bool = False,
+        latent_edges: bool = False,
         beta_embed: float = 0.1,
         beta_cm: float = 0.1,
         lambda_dag: float = 1.0,
@@ -306,6 +307,8 @@ class CMCL:
         if cfg.align != "none":  # after every check on the arguments: registration takes seconds
             images, _, template = groupwise_align(images)
         base = ~np.eye(d + m, dtype=bool) if cfg.allow_all_edges else bipartite_mask(d, m)
+        if cfg.latent_edges:
+            base[d:, d:] = ~np.eye(m, dtype=bool)  # z - z
         device = _default_device(self.device)
         image_shape = tuple(int(s) for s in images.shape[1:])
         with (
@@ -354,7 +357,12 @@ class CMCL:
         self.stability_ = stability
         types = self.u_types_ + [VariableType.CONTINUOUS.value] * self.latent_dim_
         self.edge_table_: list[Edge] = edge_table(
-            self.weighted_adjacency_, self.node_names_, types, self.knowledge_, stability
+            self.weighted_adjacency_,
+            self.node_names_,
+            types,
+            self.knowledge_,
+            stability,
+            n_clinical=len(self.u_names_),
         )
         self.orientation_: dict[tuple[str, str], Orientation] = {
             (e.source, e.target): e.orientation for e in self.edge_table_

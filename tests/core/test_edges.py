@@ -99,3 +99,17 @@ def test_latent_roles_name_nuisance_and_unused_latents():
     # without resampling every row of the reference fit counts
     no_resampling = [Edge("z2", "icu", 0.4, Orientation.DATA)]
     assert latent_roles(no_resampling, ["z2"], [1.0]) == {"z2": LatentRole.CLINICAL}
+
+
+def test_an_edge_between_latents_is_undetermined_and_ties_no_latent_to_the_clinic():
+    W = np.zeros((5, 5))
+    W[3, 4], W[1, 3] = 0.9, 0.8  # z0 -> z1 (latent_edges), age -> z0
+    rows = edge_table(W, NAMES, TYPES, knowledge_mask(3, 2, {}), n_clinical=3)
+    by = {(e.source, e.target): e for e in rows}
+    assert by[("z0", "z1")].orientation is Orientation.UNDETERMINED
+    assert by[("age", "z0")].orientation is Orientation.DATA
+    # without n_clinical the same pair of continuous nodes would be a data claim
+    plain = {(e.source, e.target): e for e in edge_table(W, NAMES, TYPES, knowledge_mask(3, 2, {}))}
+    assert plain[("z0", "z1")].orientation is Orientation.DATA
+    roles = latent_roles(rows, ["z0", "z1"], [1.0, 1.0])
+    assert roles == {"z0": LatentRole.CLINICAL, "z1": LatentRole.NUISANCE}

@@ -371,3 +371,15 @@ def test_posterior_width_grows_with_the_latent_dimension(data):
     assert widths(latent_dim=2) == [50, 50, 50]  # Appendix D.3 for small m
     assert widths(latent_dim=10) == [60, 60, 60]  # 6 m above m = 8
     assert widths(latent_dim=2, posterior_hidden=(8, 8)) == [8, 8]
+
+
+def test_latent_edges_open_the_z_block_of_the_mask_only(data):
+    images, u, _ = data
+    kw = dict(TINY, refit_dag=True, orient_edges=False)
+    model = CMCL(latent_dim=2, seed=0, device="cpu", latent_edges=True, **kw).fit(images, u)
+    allowed = model.structure_data_.allowed  # [(d + m), (d + m)] order u, z: the final solve's
+    assert allowed[2, 3] and allowed[3, 2]  # z0 - z1
+    assert not allowed[0, 1] and not allowed[1, 0]  # no u - u
+    assert allowed[0, 2] and allowed[3, 1]  # u - z as before
+    plain = CMCL(latent_dim=2, seed=0, device="cpu", **kw).fit(images, u)
+    assert not plain.structure_data_.allowed[2:, 2:].any()
