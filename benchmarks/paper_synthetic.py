@@ -88,6 +88,13 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_oblique": {"rotation": "oblique"},
     "cmcl_links": {"latent_edges": True},
     "cmcl_oblique_links": {"rotation": "oblique", "latent_edges": True},
+    "cmcl_robust": {
+        "align": "similarity",
+        "intensity": "group",
+        "intensity_group": SITE_NAME,
+        "rotation": "oblique",
+        "latent_edges": True,
+    },
     "cmcl_site": {"intensity": "group", "intensity_group": SITE_NAME},
     "cmcl_align_site": {"align": "similarity", "intensity": "group", "intensity_group": SITE_NAME},
 }

@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["none", "image", "group"],
         help="model.intensity (group: per level of the site column)",
     )
+    p.add_argument(
+        "--model",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more model settings, values read as YAML (e.g. rotation=oblique latent_edges=true)",
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/cmcl-trust-cohort"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/trust_cohort"))
     args = p.parse_args(argv)
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         base["model"]["intensity"] = args.intensity
         if args.intensity == "group":
             base["model"]["intensity_group"] = "site"
+    for item in args.model:
+        key, _, value = item.partition("=")
+        base["model"][key] = yaml.safe_load(value)
     roles = dict(KNOWLEDGE)
     if "site" in info.u_names:  # the scanner site is installed before any image is taken
         roles["causes"] = [*roles["causes"], "site"]
@@ -117,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd}`. True edges: "
         + ", ".join(f"{a} -> {b}" for a, b in info.true_edges)
         + f"; sex has no effect. Realism: {args.realism}; model latent_dim {args.latent_dim}, "
-        f"align {args.align}, intensity {args.intensity}.",
+        f"align {args.align}, intensity {args.intensity}"
+        + "".join(f", {item}" for item in args.model)
+        + ".",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
