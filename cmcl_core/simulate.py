@@ -41,6 +41,12 @@ graph, the SEM draws and the other factors' draws as they were:
 :data:`REALISM_PRESETS` names combinations (``clean``, ``pose``, ``overlap``, ``correlated``,
 ``site``, ``all``) for benchmarks that loop over factors.
 
+Renderers (``renderer``): ``"cells"`` (default) is the paper's cell matrix above;
+``"brain"`` (:mod:`cmcl_core.render_brain`) draws the four latents (order
+:data:`~cmcl_core.render_brain.BRAIN_LATENTS`: enhancement, ventricle size, tumour size, oedema)
+as a stylised axial brain MR slice in which three of them share the tumour's location. Both take
+the same warped, noisy latents, and pose, scanner and pixel noise are applied alike.
+
 Named settings (:data:`GRAPH_SETTINGS`) reproduce the graphs of Figure 2 and Table 1.
 """
 
@@ -73,11 +79,13 @@ from cmcl_core.render import (
     standardise,
     upsample,
 )
+from cmcl_core.render_brain import BRAIN_LATENTS, brain_cells, brain_slices
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "GRAPH_SETTINGS",
+    "RENDERERS",
     "REALISM_PRESETS",
     "SITE_NAME",
     "Realism",
@@ -103,6 +111,9 @@ GRAPH_SETTINGS: dict[str, tuple[int, int, int]] = {
 
 _MLP_HIDDEN = 100  # as NOTEARS' simulate_nonlinear_sem
 
+#: Image renderers of :func:`simulate`: the paper's cell matrix, or a stylised brain MR slice.
+RENDERERS = ("cells", "brain")
+
 
 @dataclass(frozen=True, eq=False)
 class SimulatedData:
@@ -118,7 +129,8 @@ class SimulatedData:
         z_names: ``("z0", ..., "z{m-1}")``.
         B_true: ``[d + m, d + m]`` int 0/1 adjacency over ``[u..., z...]`` (``d`` counting the
             site column when there is one); ``B_true[i, j] = 1`` means ``i -> j``.
-        z_cells: ``(row, col)`` of each ``z_j`` in the ``grid_size x grid_size`` matrix.
+        z_cells: ``(row, col)`` of each ``z_j`` in the ``grid_size x grid_size`` matrix (brain
+            renderer: the cell of the structure it draws; the tumour latents share one).
         grid_size: Side of the cell matrix (5 unless ``m > 25``).
         seed: The seed that reproduces this data set.
         setting: The :data:`GRAPH_SETTINGS` name, or ``None`` for a custom graph.
@@ -211,6 +223,7 @@ def simulate(
     overlap: float = 0.0,
     latent_correlation: float = 0.0,
     n_sites: int = 0,
+    renderer: str = "cells",
 ) -> SimulatedData:
     """Simulate images, structured variables and latents with a known bipartite DAG.
 
@@ -260,6 +273,8 @@ def simulate(
             a per-site mean (levels ``k - (n_sites - 1) / 2`` in random order: 1 sd apart),
             with the edge ``site -> z_j`` in ``B_true``. With no free latent there is no such
             edge.
+        renderer: ``"cells"`` (the paper's) or ``"brain"`` (:mod:`cmcl_core.render_brain`;
+            needs ``m == 4`` and ``overlap == 0``: its latents share a location by design).
 
     Returns:
         A :class:`SimulatedData`.
@@ -280,6 +295,7 @@ def simulate(
         min_signal_std,
     )
     validate_realism(m, jitter, overlap, latent_correlation, n_sites)
+    _validate_renderer(renderer, m, overlap)
     rng = np.random.default_rng(seed)
     # (1) the graph: n_edges random one-to-one u-z pairs, each with a random direction
     if edges is None:
@@ -321,10 +337,10 @@ def simulate(
         logger.info("simulate: m = %d > 25 latents, using a %d-cell square matrix", m, grid_size**2)
     warped = standardise(monotone_gp_warps(rng, standardise(z), gp_length_scale, gp_amplitude))
     cells_val = warped + latent_noise * rng.standard_normal((n, m))  # [n, m]
-    cells = rng.permutation(grid_size * grid_size)[:m]  # [m] flat cell of each z_j
-    background = rng.standard_normal(grid_size * grid_size)  # fixed across samples
-    field = cell_field(cells_val, background, footprints(cells, grid_size, overlap))  # [n, g*g]
-    up = upsample(field, grid_size, image_size)  # [n, 1, H, W]
+    if renderer == "brain":
+        up, z_cells = brain_slices(cells_val, image_size), brain_cells(grid_size)  # [n, 1, H, W]
+    else:
+        up, z_cells = _render_cells(rng, cells_val, grid_size, image_size, overlap)
     pose = None
     if jitter > 0:
         pose = draw_pose(factor_rng(seed, "pose"), n, jitter, image_size)  # [n, 4]
@@ -349,7 +365,7 @@ def simulate(
         u_names=u_names,
         z_names=tuple(f"z{j}" for j in range(m)),
         B_true=B,
-        z_cells=tuple((int(c) // grid_size, int(c) % grid_size) for c in cells),
+        z_cells=z_cells,
         grid_size=grid_size,
         seed=seed,
         setting=setting,
@@ -359,6 +375,37 @@ def simulate(
         site_offset=tuple(site.offset.tolist()),
         site_shift=tuple(site.shift.tolist()),
     )
+
+
+def _render_cells(
+    rng: np.random.Generator, values: np.ndarray, grid_size: int, image_size: int, overlap: float
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The paper's renderer: ``values [n, m]`` -> (images ``[n, 1, H, W]``, cell of each latent).
+
+    Random cells (latent footprints) and a fixed random background, sigmoid, bilinear
+    up-sampling (:mod:`cmcl_core.render`).
+    """
+    m = values.shape[1]
+    cells = rng.permutation(grid_size * grid_size)[:m]  # [m] flat cell of each z_j
+    background = rng.standard_normal(grid_size * grid_size)  # fixed across samples
+    field = cell_field(values, background, footprints(cells, grid_size, overlap))  # [n, g*g]
+    up = upsample(field, grid_size, image_size)  # [n, 1, H, W]
+    return up, tuple((int(c) // grid_size, int(c) % grid_size) for c in cells)
+
+
+def _validate_renderer(renderer: str, m: int, overlap: float) -> None:
+    if renderer not in RENDERERS:
+        raise ValueError(f"simulate: unknown renderer {renderer!r}; use one of {RENDERERS}.")
+    if renderer == "brain" and m != len(BRAIN_LATENTS):
+        raise ValueError(
+            f"simulate: the brain renderer draws m={len(BRAIN_LATENTS)} latents "
+            f"({', '.join(BRAIN_LATENTS)}), got m={m}."
+        )
+    if renderer == "brain" and overlap > 0:
+        raise ValueError(
+            "simulate: overlap applies to the cell renderer; the brain renderer's tumour "
+            "latents already share a location (use overlap=0)."
+        )
 
 
 def _given_edges(

@@ -109,7 +109,11 @@ def synthetic(
     ] = Path("cmcl-synthetic"),
     n_patients: Annotated[int, typer.Option(help="Simulated patients.")] = 500,
     setting: Annotated[
-        str, typer.Option(help="Paper graph edges/nodes (e.g. 4/10), or cxr: a chest X-ray graph.")
+        str,
+        typer.Option(
+            help="Paper graph edges/nodes (e.g. 4/10), cxr (a chest X-ray graph) or brain "
+            "(glioma MRI: one MR series per patient, tumour features at one location)."
+        ),
     ] = "4/10",
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces every byte.")] = 0,
     mr_patients: Annotated[int, typer.Option(help="Patients written as MR series.")] = 0,

@@ -7,7 +7,8 @@ Appendix E.1: a bipartite DAG between clinical variables ``u`` and latents ``z``
     out_dir/
       dicom/batch_000/img_000017.dcm ...   chest-X-ray-like CR/DX files, 12-bit, some MONOCHROME1,
                                            some of another size, a few broken files mixed in
-      dicom/mr_series_000/slice_003.dcm    optional 3D MR series (off by default)
+      dicom/mr_series_000/slice_003.dcm    optional 3D MR series (off by default; every
+                                           image in the brain cohort)
       clinical.db                          SQLite, table clinical_records(mrn, covid, age, ...;
                                            site with scanner sites)
       config.yaml                          a ready pipeline config (absolute paths)
@@ -34,6 +35,11 @@ reproduces every byte.
 jitter, overlapping latents, latents that share a hidden factor, scanner sites. With sites, the
 clinical table gets a text column ``site`` (``site_a``, ``site_b``, ...) that config.yaml declares
 categorical; truth.json records every option and what it drew (``truth["realism"]``).
+
+Named cohorts (:data:`NAMED_COHORTS`, ``setting="cxr"`` or ``"brain"``) fix the graph, the
+clinical column names and what each latent means (``truth["z_meanings"]``). ``brain`` draws
+stylised axial brain slices (``truth["renderer"] == "brain"``) and writes every patient's image
+as an MR series (``truth["image_modality"] == "MR"``); its broken files are still CR headers.
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class NamedCohort:
         m: number of latents.
         edges: ``(u index, z index, causal)``: ``u -> z`` when causal, else ``z -> u``.
         latents: what each latent stands for (recorded in truth.json).
+        renderer: how latents become images (``cmcl_core.simulate.RENDERERS``).
+        mr_only: every patient's image is an MR series (no radiographs, no follow-ups).
     """
 
     var_names: tuple[str, ...]
@@ -99,11 +107,17 @@ class NamedCohort:
     m: int
     edges: tuple[tuple[int, int, bool], ...]
     latents: tuple[str, ...]
+    renderer: str = "cells"
+    mr_only: bool = False
 
 
 #: ``cxr``: a chest X-ray cohort whose questions are the field's: COVID-19 causes an opacity,
 #: age enlarges the heart shadow, the diaphragm's position predicts FEV1, a nodule predicts ICU
 #: admission; sex has no effect and z4 is a nuisance latent (on no edge).
+#: ``brain``: a glioma MRI cohort, one axial MR series per patient drawn by the brain renderer
+#: (:mod:`cmcl_core.render_brain`): an IDH mutation causes ring enhancement, age enlarges the
+#: ventricles, tumour size lowers the Karnofsky performance score (``z2 -> kps``); oedema is a
+#: nuisance latent. Enhancement, tumour size and oedema share one location.
 NAMED_COHORTS: dict[str, NamedCohort] = {
     "cxr": NamedCohort(
         var_names=("covid", "icu_admission", "sex", "age", "fev1"),
@@ -111,6 +125,15 @@ NAMED_COHORTS: dict[str, NamedCohort] = {
         m=5,
         edges=((0, 0, True), (1, 3, False), (3, 1, True), (4, 2, False)),
         latents=("opacity", "heart_size", "diaphragm", "nodule", "nuisance"),
+    ),
+    "brain": NamedCohort(
+        var_names=("idh_mutation", "age", "kps"),
+        n_binary=1,
+        m=4,
+        edges=((0, 0, True), (1, 1, True), (2, 2, False)),
+        latents=("enhancement", "ventricle_size", "tumour_size", "oedema"),
+        renderer="brain",
+        mr_only=True,
     ),
 }
 _CONTINUOUS_NAMES = ("age", "crp", "spo2", "wbc", "bmi", "ldh", "d_dimer", "ferritin")
@@ -231,7 +254,9 @@ def make_synthetic_cohort(
         n_patients: simulated patients (each one simulated sample of ``u``, ``z``, image).
         setting: a paper graph "edges/nodes" (``cmcl_core.simulate.GRAPH_SETTINGS``; ignored
             when ``d``, ``m`` and ``n_edges`` are all given) or a named cohort of
-            :data:`NAMED_COHORTS` (``cxr``: its graph, names and binary share).
+            :data:`NAMED_COHORTS` (``cxr``, ``brain``: its graph, names, binary share,
+            renderer and modality; ``brain`` writes every image as an MR series, so
+            ``mr_patients``, ``repeat_fraction`` and the radiograph fractions do not apply).
         d: number of clinical variables (explicit graph).
         m: number of latents (explicit graph).
         n_edges: number of u-z edges (explicit graph).
@@ -261,9 +286,13 @@ def make_synthetic_cohort(
         ConfigError: inconsistent arguments or an unusable ``out_dir``.
     """
     named = NAMED_COHORTS.get(setting or "")
+    mr_only = named is not None and named.mr_only
     if named is not None:
         d, m, n_edges = len(named.var_names), named.m, len(named.edges)
         n_binary, var_names = named.n_binary, var_names or named.var_names
+        _check_renderer(named, realism)
+        if mr_only:  # every image is an MR series: no MR subset, no follow-up radiographs
+            mr_patients, repeat_fraction = 0, 0.0
     else:
         setting, d, m, n_edges = _graph(setting, d, m, n_edges)
     n_orphan = max(1, n_patients // 50) if orphans else 0
@@ -298,6 +327,7 @@ def make_synthetic_cohort(
         seed=seed,
         setting=setting,
         edges=None if named is None else named.edges,
+        renderer="cells" if named is None else named.renderer,
         **realism.kwargs(),
     )
     roles = assign_roles(rng, n_patients, n_orphan, missing_values, mr_patients, repeat_fraction)
@@ -314,6 +344,7 @@ def make_synthetic_cohort(
         other_size_fraction,
         n_broken,
         mr_slices,
+        mr_only=mr_only,
     )
     write_files(out_dir / "dicom", plan.files, workers or min(2, os.cpu_count() or 1))
     coding = write_clinical(out_dir / "clinical.db", sim, names, pids, roles, rng)
@@ -335,6 +366,8 @@ def make_synthetic_cohort(
         "u_types": list(sim.u_types),
         "z_names": list(sim.z_names),
         "z_meanings": list(named.latents) if named is not None else None,
+        "renderer": "cells" if named is None else named.renderer,
+        "image_modality": "MR" if mr_only else ("CR/DX and MR" if mr_patients else "CR/DX"),
         "node_order": list(node_names),
         "edges": [{"source": a, "target": b} for a, b in edges],
         "B_true": sim.B_true.tolist(),
@@ -377,6 +410,16 @@ def make_synthetic_cohort(
         expected=expected,
         realism=realism,
     )
+
+
+def _check_renderer(named: NamedCohort, realism: Realism) -> None:
+    """A named cohort's renderer must accept the realism options."""
+    if named.renderer == "brain" and realism.overlap > 0:
+        raise ConfigError(
+            "overlap spreads latents over neighbouring cells; the brain cohort's tumour "
+            "latents already share one location",
+            "use overlap 0 (e.g. --realism pose or site, or --overlap 0)",
+        )
 
 
 def _graph(

@@ -131,6 +131,7 @@ class Plan:
     monochrome1: int = 0
     other_size: int = 0
     mr_files: int = 0
+    mr_series: int = 0
 
 
 def assign_roles(
@@ -168,11 +169,18 @@ def plan_files(
     other_size_fraction: float,
     n_broken: int,
     mr_slices: int,
+    mr_only: bool = False,
 ) -> Plan:
     """Radiographs (one per image-bearing patient, a second for repeats), broken files (extra
-    files of joined patients) and MR series; file numbers shuffled so broken files mix in."""
+    files of joined patients) and MR series; file numbers shuffled so broken files mix in.
+
+    With ``mr_only`` every image-bearing patient (``roles.mr`` or not) gets an MR series and no
+    radiograph; ``roles.repeats`` should then be empty.
+    """
     pixels = np.rint(sim.images[:, 0] * MAX_STORED).astype(np.uint16)  # [n, 1, H, W] -> [n, H, W]
-    no_radiograph = set(roles.orphan_rec.tolist()) | set(roles.mr.tolist())
+    orphan_rec = set(roles.orphan_rec.tolist())
+    with_series = set(range(len(pixels))) - orphan_rec if mr_only else set(roles.mr.tolist())
+    no_radiograph = orphan_rec | with_series
     shots: list[tuple[int, np.ndarray, bool]] = [  # (patient, stored pixels, follow-up)
         (i, pixels[i], False) for i in range(len(pixels)) if i not in no_radiograph
     ]
@@ -210,10 +218,11 @@ def plan_files(
         rel = _relpath(int(numbers[len(shots) + b]))
         plan.files.append(DicomFile(rel, kind, hdr, pixels[i]))
         plan.broken.append({"file": f"dicom/{rel}", "reason": kind, "why": BROKEN_WHY[kind]})
-    for s, i in enumerate(sorted(roles.mr.tolist())):
+    for s, i in enumerate(sorted(with_series)):
         series = mr_series(rng, uids, s, patients[i], pixels[i], mr_slices)
         plan.files.extend(series)
         plan.mr_files += len(series)
+        plan.mr_series += 1
         plan.rows.append(
             {
                 "relpath": f"mr_series_{s:03d}",
@@ -241,7 +250,7 @@ def expected_counts(plan: Plan, roles: Roles, n_patients: int) -> dict[str, Any]
         "radiograph_files": plan.radiographs,
         "monochrome1_files": plan.monochrome1,
         "other_size_files": plan.other_size,
-        "mr_series": len(roles.mr),
+        "mr_series": plan.mr_series,
         "mr_files": plan.mr_files,
         "clinical_rows": n_patients - n_orphan,
         "images_in": len(plan.rows),
