@@ -6,10 +6,12 @@ timezone-aware UTC; ``z`` is a list of floats on both backends.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from db.bulk import MAX_IN_LIST, chunks
 from db.engine import translate_errors
 from db.models import Artifact, Edge, Image, Latent, Quarantine, Run, RunVariable
 
@@ -136,6 +138,28 @@ def read_catalog(engine: sa.Engine) -> list[dict[str, Any]]:
     """Every catalog row (all columns), ordered by image_key."""
     t = Image.__table__
     return _rows(engine, "read the catalog", sa.select(t).order_by(t.c.image_key))
+
+
+def image_holders(engine: sa.Engine, image_keys: Sequence[str]) -> dict[str, str]:
+    """image_key -> file_key of the catalog rows holding any of ``image_keys``."""
+    t = Image.__table__
+    out: dict[str, str] = {}
+    for batch in chunks(image_keys, MAX_IN_LIST):
+        q = sa.select(t.c.image_key, t.c.file_key).where(t.c.image_key.in_(batch))
+        out |= {r["image_key"]: r["file_key"] for r in _rows(engine, "read the catalog", q)}
+    return out
+
+
+def catalog_of_files(
+    engine: sa.Engine, file_keys: Sequence[str], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The catalog rows (only ``columns``) of the files ``file_keys``, in no particular order."""
+    t = Image.__table__
+    cols = [t.c[name] for name in columns]
+    out: list[dict[str, Any]] = []
+    for batch in chunks(file_keys, MAX_IN_LIST):
+        out += _rows(engine, "read the catalog", sa.select(*cols).where(t.c.file_key.in_(batch)))
+    return out
 
 
 def read_quarantine(engine: sa.Engine) -> list[dict[str, Any]]:
