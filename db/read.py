@@ -6,7 +6,7 @@ timezone-aware UTC; ``z`` is a list of floats on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -138,6 +138,18 @@ def read_catalog(engine: sa.Engine) -> list[dict[str, Any]]:
     """Every catalog row (all columns), ordered by image_key."""
     t = Image.__table__
     return _rows(engine, "read the catalog", sa.select(t).order_by(t.c.image_key))
+
+
+def stream_rows(
+    engine: sa.Engine, table: str, columns: Sequence[str], batch: int = 2000
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``cmcl_images`` or ``cmcl_quarantine`` (only ``columns``), fetched ``batch`` at
+    a time, so a large table is never held whole (consume the iterator fully)."""
+    t = {"cmcl_images": Image.__table__, "cmcl_quarantine": Quarantine.__table__}[table]
+    q = sa.select(*[t.c[name] for name in columns])
+    with translate_errors(engine, f"read {table}"), engine.connect() as conn:
+        for r in conn.execution_options(yield_per=batch).execute(q):
+            yield dict(r._mapping)
 
 
 def image_holders(engine: sa.Engine, image_keys: Sequence[str]) -> dict[str, str]:

@@ -89,19 +89,19 @@ def _reasons(url: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("flush_rows", [2, 500])  # 2: first files are in the table, not memory
 def test_units_and_duplicates_over_a_mixed_cohort_and_reruns(
-    tmp_path, sqlite_url, monkeypatch, flush_rows
+    tmp_path, results_url, monkeypatch, flush_rows
 ):
     monkeypatch.setattr(catalog, "FLUSH_ROWS", flush_rows)
     src = tmp_path / "src"
     planar, series = _cohort(src)
-    cfg = _cfg(src, sqlite_url, tmp_path)
+    cfg = _cfg(src, results_url, tmp_path)
     first = ingest(cfg, key=KEY)
-    expected = _expected(sqlite_url, planar, series)
+    expected = _expected(results_url, planar, series)
     assert list(first.images) == expected
     assert len(first.images) == len(expected) == 14
     assert first.images == tuple(first.images)  # a sequence equal to its tuple
     dups = {pseudonyms.file_key(KEY, f"d/{n}.dcm") for n in ("copy_a01", "copy_a06", "copy_mr3")}
-    reasons = _reasons(sqlite_url)
+    reasons = _reasons(results_url)
     assert {fk for fk, r in reasons.items() if r == "duplicate_instance"} == dups
     assert first.quarantined == {"duplicate_instance": 3, "not_dicom": 1, "truncated": 1,
                                  "unsupported_modality": 1}  # fmt: skip
@@ -109,13 +109,13 @@ def test_units_and_duplicates_over_a_mixed_cohort_and_reruns(
     again = ingest(cfg, key=KEY)  # nothing new
     assert (again.catalogued, again.unchanged) == (0, 20)
     assert again.images == first.images and list(again.images) == list(first.images)
-    assert _reasons(sqlite_url) == reasons
+    assert _reasons(results_url) == reasons
 
     # a new copy earlier in file order loses to the file catalogued in the previous run
     shutil.copy(src / "e" / "2.dcm", src / "0_early_copy.dcm")
     third = ingest(cfg, key=KEY)
     assert (third.catalogued, third.quarantined["duplicate_instance"]) == (0, 4)
-    assert _reasons(sqlite_url)[pseudonyms.file_key(KEY, "0_early_copy.dcm")] == (
+    assert _reasons(results_url)[pseudonyms.file_key(KEY, "0_early_copy.dcm")] == (
         "duplicate_instance"
     )
     assert third.images == first.images
@@ -126,4 +126,4 @@ def test_units_and_duplicates_over_a_mixed_cohort_and_reruns(
     moved = ingest(cfg, key=KEY)
     assert (moved.catalogued, moved.forgotten) == (1, 1)
     order = planar[:3] + planar[4:] + [("f/03.dcm", *planar[3][1:])]
-    assert list(moved.images) == _expected(sqlite_url, order, series)
+    assert list(moved.images) == _expected(results_url, order, series)
