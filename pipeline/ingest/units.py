@@ -92,6 +92,7 @@ class TrainingUnits(Sequence[TrainingImage]):
                 )  # fmt: skip
             mr = sorted(self._mr, key=_by_key) if self._by_key else self._mr
             self._loaded = (*planar, *mr)
+            self._file_keys = ()  # the listing is no longer needed
         return self._loaded
 
     def _planar(self) -> list[TrainingImage]:

@@ -13,6 +13,7 @@ from db.engine import results_engine
 from db.read import read_catalog, read_quarantine
 from pipeline import pseudonyms
 from pipeline.config import config_from_dict
+from pipeline.ingest import units
 from pipeline.ingest.scan import ingest
 from pipeline.ingest.tally import TrainingImage
 from pipeline.synthetic.writer import Phi, UIDs, write_dicom, write_not_dicom, write_truncated
@@ -127,3 +128,16 @@ def test_units_and_duplicates_over_a_mixed_cohort_and_reruns(
     assert (moved.catalogued, moved.forgotten) == (1, 1)
     order = planar[:3] + planar[4:] + [("f/03.dcm", *planar[3][1:])]
     assert list(moved.images) == _expected(results_url, order, series)
+
+
+def test_units_are_only_counted_until_used(tmp_path, sqlite_url, monkeypatch):
+    src = tmp_path / "src"
+    planar, series = _cohort(src)
+    cfg = _cfg(src, sqlite_url, tmp_path)
+    reads: list[int] = []
+    real = units.catalog_of_files
+    monkeypatch.setattr(units, "catalog_of_files", lambda *a: reads.append(1) or real(*a))
+    lazy = ingest(cfg, key=KEY, load_units=False)
+    assert len(lazy.images) == 14 and not reads  # counted by the scan, nothing read
+    assert list(lazy.images) == _expected(sqlite_url, planar, series) and len(reads) == 1
+    assert lazy.images == ingest(cfg, key=KEY).images and len(reads) == 2
