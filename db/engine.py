@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 #: prefixed: the results database may be shared with other applications' Alembic tables
 VERSION_TABLE = "cmcl_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+SQLITE_CACHE_MIB = 64  # page cache per connection: a 100k-latent run fits in cache
 PG_CONNECT_TIMEOUT_S = 10
 #: alembic's ``context`` is a process-global proxy: one migration at a time per process
 _ALEMBIC_LOCK = threading.Lock()
@@ -136,7 +137,7 @@ def _enable_wal(cur: Any) -> None:
             time.sleep(0.05)
 
 
-def _install_sqlite_hooks(engine: sa.Engine) -> None:
+def _install_sqlite_hooks(engine: sa.Engine, cache_mib: int) -> None:
     """Pragmas, and SQLAlchemy's documented fix for pysqlite's deferred BEGIN."""
 
     @event.listens_for(engine, "connect")
@@ -147,7 +148,7 @@ def _install_sqlite_hooks(engine: sa.Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         _enable_wal(cur)  # readers do not block the writer
         cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; durable across app crashes
-        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: a 100k-latent run fits in cache
+        cur.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")  # in KiB; per connection
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -162,7 +163,9 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
-def create_results_engine(url: str, *, echo: bool = False) -> sa.Engine:
+def create_results_engine(
+    url: str, *, echo: bool = False, cache_mib: int = SQLITE_CACHE_MIB
+) -> sa.Engine:
     """Create the engine only (no connection, no migration); see :func:`open_results`."""
     u = _normalise(url)
     shown = safe_url(u)
@@ -186,7 +189,7 @@ def create_results_engine(url: str, *, echo: bool = False) -> sa.Engine:
             "the driver the URL names",
         ) from None
     if u.get_backend_name() == "sqlite":
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, cache_mib)
     return engine
 
 
@@ -259,7 +262,9 @@ def apply_migrations(engine: sa.Engine) -> str:
     return head
 
 
-def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.Engine:
+def open_results(
+    url: str, *, migrate: bool = True, echo: bool = False, cache_mib: int = SQLITE_CACHE_MIB
+) -> sa.Engine:
     """Open the results database, check it is reachable, and bring its schema to head.
 
     Args:
@@ -267,6 +272,8 @@ def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.En
             ``postgresql://user:pw@host/db``); a SQLite file's folder is created.
         migrate: apply pending Alembic migrations (default). False only checks the connection.
         echo: log SQL (bound values stay hidden).
+        cache_mib: SQLite's page cache per connection (it fills up to this as the file grows;
+            ignored for PostgreSQL).
 
     Returns:
         An engine for the write/read helpers; dispose it when done.
@@ -275,7 +282,7 @@ def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.En
         ResultsDatabaseError: bad URL, missing driver, unreachable server, bad credentials,
             read-only file, or a failed migration. The message hides the password.
     """
-    engine = create_results_engine(url, echo=echo)
+    engine = create_results_engine(url, echo=echo, cache_mib=cache_mib)
     try:
         with translate_errors(engine, "connect"), engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -288,9 +295,9 @@ def open_results(url: str, *, migrate: bool = True, echo: bool = False) -> sa.En
 
 
 @contextmanager
-def results_engine(url: str) -> Iterator[sa.Engine]:
+def results_engine(url: str, cache_mib: int = SQLITE_CACHE_MIB) -> Iterator[sa.Engine]:
     """:func:`open_results` as a context manager: the engine is disposed on exit."""
-    engine = open_results(url)
+    engine = open_results(url, cache_mib=cache_mib)
     try:
         yield engine
     finally:

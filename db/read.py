@@ -6,10 +6,12 @@ timezone-aware UTC; ``z`` is a list of floats on both backends.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from db.bulk import MAX_IN_LIST, chunks
 from db.engine import translate_errors
 from db.models import Artifact, Edge, Image, Latent, Quarantine, Run, RunVariable
 
@@ -136,6 +138,40 @@ def read_catalog(engine: sa.Engine) -> list[dict[str, Any]]:
     """Every catalog row (all columns), ordered by image_key."""
     t = Image.__table__
     return _rows(engine, "read the catalog", sa.select(t).order_by(t.c.image_key))
+
+
+def stream_rows(
+    engine: sa.Engine, table: str, columns: Sequence[str], batch: int = 2000
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``cmcl_images`` or ``cmcl_quarantine`` (only ``columns``), fetched ``batch`` at
+    a time, so a large table is never held whole (consume the iterator fully)."""
+    t = {"cmcl_images": Image.__table__, "cmcl_quarantine": Quarantine.__table__}[table]
+    q = sa.select(*[t.c[name] for name in columns])
+    with translate_errors(engine, f"read {table}"), engine.connect() as conn:
+        for r in conn.execution_options(yield_per=batch).execute(q):
+            yield dict(r._mapping)
+
+
+def image_holders(engine: sa.Engine, image_keys: Sequence[str]) -> dict[str, str]:
+    """image_key -> file_key of the catalog rows holding any of ``image_keys``."""
+    t = Image.__table__
+    out: dict[str, str] = {}
+    for batch in chunks(image_keys, MAX_IN_LIST):
+        q = sa.select(t.c.image_key, t.c.file_key).where(t.c.image_key.in_(batch))
+        out |= {r["image_key"]: r["file_key"] for r in _rows(engine, "read the catalog", q)}
+    return out
+
+
+def catalog_of_files(
+    engine: sa.Engine, file_keys: Sequence[str], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The catalog rows (only ``columns``) of the files ``file_keys``, in no particular order."""
+    t = Image.__table__
+    cols = [t.c[name] for name in columns]
+    out: list[dict[str, Any]] = []
+    for batch in chunks(file_keys, MAX_IN_LIST):
+        out += _rows(engine, "read the catalog", sa.select(*cols).where(t.c.file_key.in_(batch)))
+    return out
 
 
 def read_quarantine(engine: sa.Engine) -> list[dict[str, Any]]:

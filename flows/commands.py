@@ -28,7 +28,7 @@ from flows.train import cmcl_flow
 from pipeline.clinical.connection import check_clinical_source
 from pipeline.config import Config, expand_env, load_config
 from pipeline.errors import DataError
-from pipeline.ingest.scan import IngestResult, ingest
+from pipeline.ingest.scan import INGEST_CACHE_MIB, IngestResult, ingest
 from pipeline.model.score import ScoreResult, score_run
 from pipeline.pacs.connect import check_source
 from pipeline.pseudonyms import pseudonym_key_from_env
@@ -73,13 +73,14 @@ def ingest_command(config: Path, console: Console | None = None) -> IngestResult
     key = pseudonym_key_from_env()
     check_compute(cfg.compute)  # an unreachable Dask scheduler, before any work
     check_source(cfg.dicom)  # a PACS that refuses us or cannot be reached, before any work
-    with results_engine(expand_env(cfg.results.url)) as engine:
+    with results_engine(expand_env(cfg.results.url), INGEST_CACHE_MIB) as engine:
         columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("ingesting DICOM files", total=None)
             result = ingest(
                 cfg, key=key, engine=engine, pool=ingest_pool(cfg.compute),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                load_units=False,  # only counted below
             )  # fmt: skip
         in_catalog, in_quarantine = catalog_count(engine), quarantine_counts(engine)
     counts = ("files (this scan)", "in the database")

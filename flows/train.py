@@ -29,6 +29,7 @@ new run row with the same results (training is seeded and deterministic on CPU);
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def clinical_task(cfg: Config) -> ClinicalTable:
 
 
 @task(name="join", **_PRIVATE)
-def join_task(images: tuple[TrainingImage, ...], clinical: ClinicalTable) -> JoinedCohort:
+def join_task(images: Sequence[TrainingImage], clinical: ClinicalTable) -> JoinedCohort:
     """Join catalogued images to clinical records on the patient key."""
     cohort = join_cohort(images, clinical)
     get_run_logger().info("join: %s", cohort.counts)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
-from db.read import read_catalog, read_quarantine
+from db.read import stream_rows
 from db.records import ImageRow, QuarantineRow
 from db.write import remove_images, remove_quarantine, upsert_images, upsert_quarantine
 from pipeline.dicom.discover import Discovery
@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 FLUSH_ROWS = 500  # rows buffered before a database write
 # Reasons that depend on the config or on other files: such files are re-validated each scan.
 RECHECK = frozenset({"unsupported_modality", "burned_in_annotation", "duplicate_instance"})
+_ROW = tuple(ImageRow.__dataclass_fields__)  # the catalog columns an entry is made from
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per catalogued file
 class CatalogEntry:
     """A catalogued file as the scan needs it (``row``: MR only, rewritten with its series)."""
 
@@ -70,15 +71,15 @@ class Known:
 
 
 def load_known(engine: sa.Engine) -> Known:
-    """Read the catalog and the quarantine once, at the start of a scan."""
-    catalog = {r["file_key"]: _entry(r) for r in read_catalog(engine)}
-    rows = read_quarantine(engine)
-    settled = {
-        r["file_key"]: r["content_sha256"]
-        for r in rows
-        if r["content_sha256"] and r["reason"] not in RECHECK
-    }
-    reasons = {r["file_key"]: r["reason"] for r in rows}
+    """Read the catalog and the quarantine once, at the start of a scan (streamed: only the
+    entries are kept, never the table's rows)."""
+    catalog = {r["file_key"]: _entry(r) for r in stream_rows(engine, "cmcl_images", _ROW)}
+    settled: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for r in stream_rows(engine, "cmcl_quarantine", ("file_key", "content_sha256", "reason")):
+        reasons[r["file_key"]] = r["reason"]
+        if r["content_sha256"] and r["reason"] not in RECHECK:
+            settled[r["file_key"]] = r["content_sha256"]
     return Known(catalog, frozenset(reasons), settled, reasons)
 
 
@@ -92,6 +93,7 @@ def _entry(r: dict) -> CatalogEntry:
         r["content_sha256"], r["image_key"], r["patient_key"], r.get("series_key"),
         r["modality"], r.get("cache_key"), row,
     )  # fmt: skip
+
 
 
 def image_row(acc: Accepted, cache_key: str | None, n_slices: int = 1) -> ImageRow:

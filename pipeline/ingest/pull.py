@@ -178,8 +178,7 @@ def pull(
                     nbytes += len(got)
                 tasks = [task_for(p, m.file_key, known) for p, m in zip(paths, batch, strict=True)
                          if p]  # fmt: skip
-                for t, d in zip(tasks, run_chunks(tasks), strict=True):
-                    tally.add(d, t.path)
+                tally.add_chunk(list(run_chunks(tasks)), [t.path for t in tasks])
                 mr_pass(tally, cache, spec, mr_executor)  # this batch's series, while spooled
                 tally.series.clear()
                 tally.writer.flush()
@@ -188,8 +187,6 @@ def pull(
             done += len(batch)
             if progress is not None:
                 progress(done, len(listed))
-    # a deterministic order whatever was downloaded when: CR/DX, then MR; by series, then key
-    tally.images.sort(key=lambda t: (t.modality == "MR", t.series_key or "", t.image_key))
     logger.info(
         "pull: %d instances listed, %d current, %d downloaded (%.1f MB), %d not delivered",
         len(listed), len(current), downloaded, nbytes / 1e6, errors,

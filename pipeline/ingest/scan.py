@@ -13,7 +13,9 @@ duplicates and builds MR series (:mod:`pipeline.ingest.tally`).
 Every file found ends in exactly one of the two tables, and rows of files no longer in the
 source are forgotten at the end of a complete scan
 (:func:`pipeline.ingest.catalog.forget_vanished`), so the training units returned are exactly
-the accepted files present now.
+the accepted files present now. They are read back from the catalog when first used
+(:class:`pipeline.ingest.units.TrainingUnits`), so the scan's memory does not grow with the
+number of files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Protocol
 
@@ -46,13 +48,18 @@ from pipeline.ingest.catalog import (
     load_known,
 )
 from pipeline.ingest.pull import Listed, pull
-from pipeline.ingest.tally import Tally, TrainingImage, mr_pass, ordered_map, task_for
+from pipeline.ingest.tally import Tally, mr_pass, ordered_map, task_for
+from pipeline.ingest.tally import TrainingImage as TrainingImage  # re-exported for callers
+from pipeline.ingest.units import TrainingUnits
 from pipeline.pacs.connect import open_source
 from pipeline.pacs.source import PacsSource
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (files done, files found)
+# SQLite page cache of an engine opened for an ingest: each catalog page is written once, in
+# arrival order, so a larger cache buys little and would fill up as the catalog grows.
+INGEST_CACHE_MIB = 4
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,9 @@ class IngestResult:
             image, a valid cached array).
         quarantined: Count per reason code of the files rejected in this scan.
         images: Every current training unit (new and unchanged): CR/DX instances in file
-            order, then MR series in series-key order.
+            order, then MR series in series-key order; read back from the catalog when
+            ``ingest`` returns, or on first use with ``load_units=False`` (``len`` reads
+            nothing).
         forgotten: Files that were in the catalog or quarantine but are no longer in the
             source; their rows were deleted.
         seconds: Wall time of the scan.
@@ -76,7 +85,7 @@ class IngestResult:
     catalogued: int
     unchanged: int
     quarantined: dict[str, int]
-    images: tuple[TrainingImage, ...] = field(repr=False)
+    images: TrainingUnits = field(repr=False)
     forgotten: int = 0
     seconds: float = 0.0
 
@@ -105,6 +114,7 @@ def ingest(
     engine: sa.Engine | None = None,
     progress: Progress | None = None,
     pool: Pool | None = None,
+    load_units: bool = True,
 ) -> IngestResult:
     """Scan ``cfg.dicom.source`` (a folder or a PACS) and bring the catalog and quarantine up
     to date; a PACS is pulled by :func:`pipeline.ingest.pull.pull`.
@@ -112,11 +122,15 @@ def ingest(
     Args:
         cfg: The pipeline config (``dicom.*`` and ``results.url`` are used).
         key: The pseudonymisation key (:func:`pipeline.pseudonyms.pseudonym_key_from_env`).
-        engine: An open results engine; when None, ``results.url`` is opened and migrated.
+        engine: An open results engine; when None, ``results.url`` is opened (with a small
+            page cache, :data:`INGEST_CACHE_MIB`) and migrated.
         progress: Called as ``progress(files_done, files_found)`` after each chunk.
         pool: Runs the per-file work (read, validate, decode, preprocess) on the compute
             engine; None: ``dicom.workers`` local processes. The catalog and quarantine are
             written here either way, in batches.
+        load_units: Read the training units from the catalog before returning (a snapshot of
+            this scan); False: ``images`` is read on first use and only its ``len`` is free
+            (for callers that need counts only, such as ``cmcl ingest``).
 
     Returns:
         Counts of this scan and every current training unit.
@@ -144,8 +158,12 @@ def ingest(
         )
     own = engine is None
     try:
-        engine = open_results(expand_env(cfg.results.url)) if engine is None else engine
-        return _scan(cfg, key, engine, progress, pacs, pool)
+        if engine is None:
+            engine = open_results(expand_env(cfg.results.url), cache_mib=INGEST_CACHE_MIB)
+        result = _scan(cfg, key, engine, progress, pacs, pool)
+        if load_units:
+            result.images.load()
+        return result
     finally:
         if own and engine is not None:
             engine.dispose()
@@ -185,25 +203,25 @@ def _scan(
     else:
         workers, executor = max(1, pool.workers), pool.start(state)
     owner = {e.image_key: fk for fk, e in known.catalog.items() if fk in found_keys}
-    tally = Tally(known.catalog, owner, CatalogWriter(engine))
+    tally = Tally(known.catalog, owner, CatalogWriter(engine), found_keys)
     chunk = max(1, min(32 if pool is None else pool.chunk, total // (workers * 4)))
 
-    def run_chunks(tasks: Iterator[worker.Task]) -> Iterator[worker.Done]:
-        for batch in ordered_map(worker.process_chunk, _chunks(tasks, chunk), executor,
-                                 2 * workers):  # fmt: skip
-            yield from batch
+    def run_chunks(tasks: Iterator[worker.Task]) -> Iterator[list[worker.Done]]:
+        return ordered_map(worker.process_chunk, _chunks(tasks, chunk), executor, 2 * workers)
 
     try:
         if pacs is None:
-            for done, d in enumerate(run_chunks(_tasks(files, fkeys, known)), 1):
-                tally.add(d, files[done - 1])
-                if progress is not None and (done % chunk == 0 or done == total):
+            done = 0
+            for batch in run_chunks(_tasks(files, fkeys, known)):
+                tally.add_chunk(batch, files[done : done + len(batch)])
+                done += len(batch)
+                if progress is not None:
                     progress(done, total)
             tally.writer.flush()
             mr_pass(tally, PreprocessCache(cache_root), spec, executor)
         else:
-            pull(pacs, listed, known, tally, lambda ts: run_chunks(iter(ts)), executor, spec,
-                 PreprocessCache(cache_root), settings, progress)  # fmt: skip
+            pull(pacs, listed, known, tally, lambda ts: chain.from_iterable(run_chunks(iter(ts))),
+                 executor, spec, PreprocessCache(cache_root), settings, progress)  # fmt: skip
         tally.writer.flush()
     finally:
         if executor is not None:
@@ -213,8 +231,9 @@ def _scan(
         except Exception:  # noqa: BLE001 - never mask the original error
             logger.warning("could not write the last chunk of the catalog", exc_info=False)
     forgotten = forget_vanished(engine, known, found, found_keys)
+    units = TrainingUnits(engine, fkeys, tally.planar, tally.mr_units, by_key=pacs is not None)
     result = IngestResult(total, tally.catalogued, tally.unchanged,
-                          dict(sorted(tally.reasons.items())), tuple(tally.images), forgotten,
+                          dict(sorted(tally.reasons.items())), units, forgotten,
                           time.perf_counter() - t0)  # fmt: skip
     logger.info(
         "ingest: %d files found, %d catalogued, %d unchanged, %d quarantined, %d forgotten "

@@ -2,7 +2,11 @@
 
 Results arrive in file order, so "the first file wins" for duplicate instances (the same
 SOPInstanceUID in two files) is deterministic: the others are quarantined as
-``duplicate_instance``.
+``duplicate_instance``. A file catalogued by an earlier scan and still there wins over any new
+file. The scan keeps no per-file map for this: each chunk's image keys are looked up in the
+catalog table (an indexed primary key; rows already flushed), in the writer's unflushed rows and
+among the MR instances waiting for their series (:meth:`Tally.add_chunk`), so the parent's memory
+stays flat in the number of files.
 
 Training units (:class:`TrainingImage`):
 
@@ -13,15 +17,20 @@ Training units (:class:`TrainingImage`):
   series carries the series' ``cache_key`` and ``n_slices``; the unit's ``image_key`` is the
   smallest instance key of the series (a deterministic representative that is a real catalog
   row).
+
+The scan only counts the CR/DX units; they are read back from the catalog afterwards
+(:class:`pipeline.ingest.units.TrainingUnits`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from db.read import image_holders
 from pipeline.dicom import worker
 from pipeline.dicom.validate import Accepted, Quarantined, Reason, sha256_bytes
 from pipeline.imaging.cache import PreprocessCache
@@ -53,59 +62,93 @@ class _MrMember:
 
 @dataclass
 class Tally:
-    """The running state of one scan: counts, training units, duplicates, MR series."""
+    """The running state of one scan: counts, duplicates, MR series.
+
+    Nothing is kept per CR/DX file: its row goes to the writer and it is counted in ``planar``.
+    """
 
     catalog: dict[str, CatalogEntry]
     owner: dict[str, str]  # image_key -> file_key of catalogued files found in this scan
     writer: CatalogWriter
+    found: AbstractSet[str]  # file keys of this scan's listing
     reasons: Counter[str] = field(default_factory=Counter)
     catalogued: int = 0
     unchanged: int = 0
-    images: list[TrainingImage] = field(default_factory=list)
-    seen: dict[str, str] = field(default_factory=dict)  # image_key -> file_key, this scan
+    planar: int = 0  # CR/DX training units (catalogued or unchanged)
+    mr_units: list[TrainingImage] = field(default_factory=list)  # one per series, by mr_pass
+    mr_held: dict[str, str] = field(default_factory=dict)  # image_key -> file_key, MR accepted
     series: dict[str, list[_MrMember]] = field(default_factory=dict)
 
+    def add_chunk(self, dones: Sequence[worker.Done], paths: Sequence[str]) -> None:
+        """Account for worker answers in file order (and buffer their database rows).
+
+        Args:
+            dones: The answers of consecutive files.
+            paths: Their paths (MR series are read again from them).
+        """
+        keys = [d.outcome.image_key for d in dones if isinstance(d.outcome, Accepted)]
+        held = self._holders(keys)
+        for d, path in zip(dones, paths, strict=True):
+            self._add(d, path, held)
+
     def add(self, d: worker.Done, path: str) -> None:
-        """Account for one worker answer (and buffer its database row)."""
-        o = d.outcome
-        if isinstance(o, worker.Unchanged):
-            self._unchanged(o.file_key, path)
-            return
-        if isinstance(o, Accepted):
-            first = self.seen.get(o.image_key) or self.owner.get(o.image_key)
-            if first is not None and first != o.file_key:
-                o = Quarantined(o.file_key, o.content_sha256, Reason.DUPLICATE_INSTANCE,
-                                "another file holds the same SOPInstanceUID")  # fmt: skip
-        if isinstance(o, Quarantined):
-            self.reject(o)
-            return
-        self.seen[o.image_key] = o.file_key
-        if o.modality == "MR":  # catalogued by the series pass, once the series is complete
-            member = _MrMember(o.file_key, path, o.content_sha256, o.image_key, o.patient_key, o)
-            self.series.setdefault(o.series_key or o.image_key, []).append(member)
-            return
-        self.writer.image(image_row(o, d.cache_key))
-        self.catalogued += 1
-        self.images.append(TrainingImage(o.image_key, o.patient_key, o.series_key,
-                                         d.cache_key or "", o.modality))  # fmt: skip
+        """Account for one worker answer (:meth:`add_chunk` of one file)."""
+        self.add_chunk([d], [path])
 
     def reject(self, q: Quarantined) -> None:
         """Quarantine one file."""
         self.reasons[q.reason.value] += 1
         self.writer.reject(q)
 
+    def _holders(self, keys: list[str]) -> dict[str, str]:
+        """image_key -> file_key of the found files that held ``keys`` before this chunk.
+
+        A key is held by a catalog row (written earlier in this scan, or by an earlier scan: rows
+        of vanished files do not count), by a row the writer still buffers, or by an MR instance
+        waiting for its series. Only keys of the chunk are looked up (one query per chunk).
+        """
+        if not keys:
+            return {}
+        held = {k: fk for k, fk in image_holders(self.writer.engine, keys).items()
+                if fk in self.found}  # fmt: skip
+        wanted = set(keys)
+        held |= {r.image_key: r.file_key for r in self.writer.images if r.image_key in wanted}
+        held |= {k: self.mr_held[k] for k in wanted if k in self.mr_held}
+        return held
+
+    def _add(self, d: worker.Done, path: str, held: dict[str, str]) -> None:
+        o = d.outcome
+        if isinstance(o, worker.Unchanged):
+            self._unchanged(o.file_key, path)
+            return
+        if isinstance(o, Accepted):
+            first = held.get(o.image_key) or self.owner.get(o.image_key)
+            if first is not None and first != o.file_key:
+                o = Quarantined(o.file_key, o.content_sha256, Reason.DUPLICATE_INSTANCE,
+                                "another file holds the same SOPInstanceUID")  # fmt: skip
+        if isinstance(o, Quarantined):
+            self.reject(o)
+            return
+        held[o.image_key] = o.file_key  # for the later files of this chunk
+        if o.modality == "MR":  # catalogued by the series pass, once the series is complete
+            self.mr_held[o.image_key] = o.file_key
+            member = _MrMember(o.file_key, path, o.content_sha256, o.image_key, o.patient_key, o)
+            self.series.setdefault(o.series_key or o.image_key, []).append(member)
+            return
+        self.writer.image(image_row(o, d.cache_key))
+        self.catalogued += 1
+        self.planar += 1
+
     def _unchanged(self, file_key: str, path: str) -> None:
         self.unchanged += 1
         e = self.catalog.get(file_key)
         if e is None:  # still quarantined, for the same content
             return
-        self.seen[e.image_key] = file_key
         if e.modality == "MR":
             member = _MrMember(file_key, path, e.content_sha256, e.image_key, e.patient_key, None)
             self.series.setdefault(e.series_key or e.image_key, []).append(member)
         else:
-            self.images.append(TrainingImage(e.image_key, e.patient_key, e.series_key,
-                                             e.cache_key or "", e.modality))  # fmt: skip
+            self.planar += 1
 
 
 def ordered_map(
@@ -174,4 +217,4 @@ def mr_pass(
             else:
                 tally.writer.image(recatalogued(tally.catalog[m.file_key], skey, len(rewrite)))
         rep = min(tally.series[group], key=lambda m: m.image_key)
-        tally.images.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))
+        tally.mr_units.append(TrainingImage(rep.image_key, rep.patient_key, group, skey, "MR"))
