@@ -176,7 +176,7 @@ def _table(records: list[dict], presets: list[str], methods: list[str], fmt) -> 
                 key=lambda r: r["seed"],
             )
             n_seeds = len(rs)
-            cells.append("<br>".join(fmt(r, n_seeds) for r in rs) or "missing")
+            cells.append("<br>".join(fmt(r, n_seeds) for r in rs) or "not run")
         lines.append(f"| {preset} | " + " | ".join(cells) + " |")
     return lines
 
@@ -219,10 +219,15 @@ def markdown(results: dict) -> str:
     lines += [f"- `{p}`: {REALISM_PRESETS[p]}" for p in presets]
     lines += [
         "",
-        "Cells: **MCC / skeleton SHD / wrong claims** (a claim is an edge oriented by data or "
-        "knowledge; wrong when it is absent from the truth or reversed; an edge of the "
-        "categorical `site` column is undetermined, never a claim). With several seeds in a "
-        "group, one line per seed.",
+        "Cells: **MCC / skeleton SHD / wrong claims** (the skeleton over the pairs with a "
+        "clinical variable; a claim is an edge oriented by data or knowledge; wrong when it is "
+        "absent from the truth or reversed; an edge of the categorical `site` column is "
+        "undetermined, never a claim; `z - z` links of `latent_edges` are counted in the "
+        "records' `latent_links`, not scored). With several seeds in a group, one line per "
+        "seed. Methods (`benchmarks.paper_synthetic.CMCL_VARIANTS`): "
+        + ", ".join(f"`{m}` {ps.CMCL_VARIANTS[m] or 'defaults'}" for m in methods
+                    if m in ps.CMCL_VARIANTS)  # fmt: skip
+        + ".",
     ]
     groups = (("tuning", "Tuning seeds"), ("held-out", "Held-out seeds"), ("other", "Other seeds"))
     ok = [r for r in recs if "error" not in r]
