@@ -12,24 +12,13 @@ import pipeline.ingest.catalog as catalog
 from db.engine import results_engine
 from db.read import read_catalog, read_quarantine
 from pipeline import pseudonyms
-from pipeline.config import config_from_dict
 from pipeline.ingest import units
 from pipeline.ingest.scan import ingest
 from pipeline.ingest.tally import TrainingImage
 from pipeline.synthetic.writer import Phi, UIDs, write_dicom, write_not_dicom, write_truncated
+from tests.pipeline.ingest.test_catalog import _cfg
 
 KEY = bytes.fromhex("ab" * 32)
-
-
-def _cfg(source: Path, url: str, tmp_path: Path):
-    return config_from_dict(
-        {
-            "dicom": {"source": str(source), "workers": 1, "image_size": 16,
-                      "cache_dir": str(tmp_path / "cache")},
-            "clinical": {"url": "sqlite:///unused.db", "query": "SELECT 1", "id_column": "mrn"},
-            "results": {"url": url},
-        }
-    )  # fmt: skip
 
 
 def _dx(src: Path, rel: str, pid: str, seed: int, modality: str = "DX") -> tuple:
