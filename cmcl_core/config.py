@@ -54,7 +54,8 @@ class CMCLConfig:
             contrast onto the cohort's (``cmcl_core.intensity``) before registration and the
             encoder, in ``fit`` and in every later use; ``group`` uses one map per level of
             the categorical ``u`` column ``intensity_group`` (site, scanner), ``image`` each
-            image's own statistics. For cohorts from several scanners.
+            image's own statistics. For cohorts from several scanners. Like ``align``, it
+            holds the prepared training images in memory (a memmap input is copied).
         intensity_group: the categorical ``u`` column whose levels ``group`` standardises.
         he_init: He-normal init of the conv encoder/decoder (PyTorch's default init let the
             posterior of z0 collapse).
