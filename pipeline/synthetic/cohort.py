@@ -291,8 +291,14 @@ def make_synthetic_cohort(
         d, m, n_edges = len(named.var_names), named.m, len(named.edges)
         n_binary, var_names = named.n_binary, var_names or named.var_names
         _check_renderer(named, realism)
+        if mr_only and mr_patients:
+            raise ConfigError(
+                f"the {setting} cohort writes every patient's image as an MR series, so "
+                f"mr_patients={mr_patients} does not apply",
+                "leave out --mr-patients for this cohort",
+            )
         if mr_only:  # every image is an MR series: no MR subset, no follow-up radiographs
-            mr_patients, repeat_fraction = 0, 0.0
+            repeat_fraction = 0.0
     else:
         setting, d, m, n_edges = _graph(setting, d, m, n_edges)
     n_orphan = max(1, n_patients // 50) if orphans else 0

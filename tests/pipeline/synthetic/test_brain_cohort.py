@@ -118,6 +118,13 @@ def test_realism_pose_applies_and_overlap_is_refused(tmp_path):
         )
 
 
+def test_an_mr_subset_is_refused_for_a_cohort_of_mr_series_only(tmp_path):
+    with pytest.raises(ConfigError, match="mr_patients=3 does not apply") as err:
+        make_synthetic_cohort(tmp_path / "m", setting="brain", n_patients=20, mr_patients=3)
+    assert "--mr-patients" in err.value.fix
+    assert not (tmp_path / "m" / "dicom").exists()  # refused before anything is written
+
+
 def test_cli_synthetic_setting_brain(tmp_path: Path):
     from typer.testing import CliRunner
 
