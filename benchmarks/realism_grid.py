@@ -57,9 +57,9 @@ import torch
 
 from benchmarks import paper_synthetic as ps
 from benchmarks.synthetic_report import seed_split
+from benchmarks.trust import matched_graph
 from benchmarks.trust import score as trust_score
-from cmcl_core.edges import edge_table, knowledge_mask
-from cmcl_core.metrics import mcc
+from cmcl_core.edges import LatentRole, edge_table, knowledge_mask, latent_roles
 from cmcl_core.realism import REALISM_PRESETS, Realism
 
 logger = logging.getLogger("benchmarks.realism_grid")
@@ -96,19 +96,19 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
         ``edges``: per estimated edge ``[source, target, orientation, verdict]`` in the true
         latents' names, verdict ``true``, ``reversed`` or ``absent``.
     """
-    d, m = data.u.shape[1], data.z.shape[1]
-    names = list(data.u_names) + [f"z{j}" for j in range(m)]
-    types = list(data.u_types) + ["continuous"] * m
-    rows = edge_table(W, names, types, knowledge_mask(d, m, {}), n_clinical=d)  # no resampling
+    d, m, m_hat = data.u.shape[1], data.z.shape[1], z_hat.shape[1]
+    names = list(data.u_names) + [f"z{j}" for j in range(m_hat)]
+    types = list(data.u_types) + ["continuous"] * m_hat
+    rows = edge_table(W, names, types, knowledge_mask(d, m_hat, {}), n_clinical=d)  # no resampling
     latent = set(names[d:])
     links = [e for e in rows if {e.source, e.target} <= latent]
     rows = [e for e in rows if not {e.source, e.target} <= latent]
     trust = trust_score(data, z_hat, rows)
-    _, match = mcc(np.asarray(data.z), z_hat)  # match[i]: column of z_hat for true z_i
-    index = {name: i for i, name in enumerate(data.u_names)}
-    index |= {f"z{int(c)}": d + i for i, c in enumerate(match)}  # estimated name -> true index
+    _, index, B_true = matched_graph(data, z_hat)
     true_names = list(data.u_names) + list(data.z_names)
-    B_true = np.asarray(data.B_true) != 0
+    true_names += [f"extra{k}" for k in range(m_hat - m)]  # latents matched to none
+    roles = latent_roles(rows + links, names[d:], z_hat.std(0))
+    extra = [name for name in names[d:] if index[name] >= d + m]
     B_est = np.zeros_like(B_true)
     edges = []
     for e in rows:
@@ -125,6 +125,8 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
         **{k: trust[k] for k in ("claims", "wrong_claims", "undetermined", "shd_cpdag")},
         "edges": sorted(edges),
         "true_edges": sorted([list(e) for e in data.edges]),
+        "roles": {str(r): sum(v is r for v in roles.values()) for r in LatentRole},
+        "extra_roles": {str(r): sum(roles[x] is r for x in extra) for r in LatentRole},
     }
 
 
@@ -225,9 +227,13 @@ def markdown(results: dict) -> str:
         "undetermined, never a claim; `z - z` links of `latent_edges` are counted in the "
         "records' `latent_links`, not scored). With several seeds in a group, one line per "
         "seed. Methods (`benchmarks.paper_synthetic.CMCL_VARIANTS`): "
-        + ", ".join(f"`{m}` {ps.CMCL_VARIANTS[m] or 'defaults'}" for m in methods
-                    if m in ps.CMCL_VARIANTS)  # fmt: skip
-        + ".",
+        + ", ".join(
+            f"`{m}` {ps.CMCL_VARIANTS[m] or 'defaults'}" for m in methods if m in ps.CMCL_VARIANTS
+        )  # fmt: skip
+        + ". A method with `extraK` has K more latents than the truth (`latent_dim` = m + K); "
+        "the K latents left unmatched are isolated nodes of the truth, so their edges count "
+        "as spurious, and the records' `extra_roles` count how the edge table's roles "
+        "(`cmcl_core.edges.latent_roles`) report them.",
     ]
     groups = (("tuning", "Tuning seeds"), ("held-out", "Held-out seeds"), ("other", "Other seeds"))
     ok = [r for r in recs if "error" not in r]

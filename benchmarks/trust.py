@@ -53,15 +53,39 @@ def true_roles(data: SimulatedData) -> dict[str, str]:
     return {name: ("effect" if B[d:, i].any() else "cause") for i, name in enumerate(data.u_names)}
 
 
-def score(data: SimulatedData, z_hat: np.ndarray, rows: list[Edge]) -> dict:
-    """The metrics above for one fit's edge table (latents matched to the truth)."""
-    d = data.u.shape[1]
-    m = data.z.shape[1]
+def matched_graph(
+    data: SimulatedData, z_hat: np.ndarray
+) -> tuple[float, dict[str, int], np.ndarray]:
+    """The latents matched to the truth, as the scorers index the estimated graph.
+
+    Every estimated latent ``z{j}`` gets the index of its matched true latent (Hungarian
+    assignment on |Spearman|). A fit with more latents than the truth (``latent_dim`` above
+    the true ``m``) leaves some unmatched: they get the indices after the true ones, and the
+    truth is padded with isolated nodes for them, so any edge of theirs counts as absent.
+
+    Returns:
+        ``(mcc, index, truth)``: the MCC, ``{u name or estimated latent name: index}`` and the
+        true adjacency ``[(d + m_hat), (d + m_hat)]`` as booleans (``m_hat >= m``).
+    """
+    d, m = data.u.shape[1], data.z.shape[1]
+    m_hat = z_hat.shape[1]
+    if m_hat < m:
+        raise ValueError(f"scoring needs at least the true {m} latents, got {m_hat}")
     mcc_score, match = mcc(np.asarray(data.z), z_hat)  # match[i]: column of z_hat for true z_i
-    rename = {f"z{int(c)}": d + i for i, c in enumerate(match)}  # estimated name -> true index
-    index = {name: i for i, name in enumerate(data.u_names)} | rename
-    truth = np.asarray(data.B_true) != 0
-    p = d + m
+    extra = [j for j in range(m_hat) if j not in set(match.tolist())]
+    index = {name: i for i, name in enumerate(data.u_names)}
+    index |= {f"z{int(c)}": d + i for i, c in enumerate(match)}  # estimated name -> true index
+    index |= {f"z{j}": d + m + k for k, j in enumerate(extra)}  # unmatched: isolated nodes
+    truth = np.zeros((d + m_hat, d + m_hat), bool)
+    truth[: d + m, : d + m] = np.asarray(data.B_true) != 0
+    return mcc_score, index, truth
+
+
+def score(data: SimulatedData, z_hat: np.ndarray, rows: list[Edge]) -> dict:
+    """The metrics above for one fit's edge table (latents matched to the truth; see
+    :func:`matched_graph` for a fit with more latents than the truth)."""
+    mcc_score, index, truth = matched_graph(data, z_hat)
+    p = len(truth)
     plain, cpdag = np.zeros((p, p), int), np.zeros((p, p), int)
     out = {"mcc": mcc_score, "rows": len(rows), "claims": 0, "wrong_claims": 0}
     out["undetermined"] = 0

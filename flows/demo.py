@@ -66,6 +66,8 @@ DEMO_IMAGE_SIZE = 32
 # tests/flows/test_demo.py checks the criterion for it, and `python -m benchmarks.demo_seeds`
 # reports it and CMCL's result for seeds 0-15 (benchmarks/results/demo_seeds/results.md).
 DEMO_SEED = 7
+#: Prefix of a learned latent matched to no true one when scoring against the truth.
+UNMATCHED = "unmatched:"
 #: (noise sd, draw) of the oracle criterion.
 CRITERION_NOISE = ((0.0, 0), (0.15, 0), (0.15, 1), (0.25, 0))
 # Up to 40 epochs (early stopping from epoch 30), batch 32: the latents are lined up with the
@@ -194,6 +196,10 @@ def compare_with_truth(
     ok = ~np.isnan(z_true).any(axis=1)
     score, matching = mcc(z_true[ok], z_est[ok])
     learned_to_true = {f"z{int(j)}": truth["z_names"][i] for i, j in enumerate(matching) if j >= 0}
+    # a model with more latents than the truth: the unmatched ones keep a name the truth lacks
+    learned_to_true |= {
+        f"z{j}": f"{UNMATCHED}z{j}" for j in range(z_est.shape[1]) if f"z{j}" not in learned_to_true
+    }
     rows = [
         {**e, "source": learned_to_true.get(e["source"], e["source"]),
          "target": learned_to_true.get(e["target"], e["target"])}
@@ -212,18 +218,23 @@ def compare_with_truth(
 def score_rows(truth: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
     """Edge rows (named as the truth's nodes) against the true graph.
 
-    The plain SHD/TPR/FDR take every edge of the learned graph (weight != 0) at face value;
+    A row naming a node the truth lacks (a latent of a model with more latents than the truth,
+    matched to none: ``unmatched:z7``) is scored against an isolated true node, so it counts
+    as a false edge. The plain SHD/TPR/FDR take every edge of the learned graph (weight != 0)
+    at face value;
     ``shd_cpdag`` counts ``undetermined`` rows as undirected edges (right when the adjacency
     is); ``claims`` and ``wrong_claims`` count the rows whose direction is a claim (``data``,
     ``knowledge``) and those of them absent or reversed in the truth.
     """
-    order = truth["node_order"]
-    B_true = np.array(truth["B_true"], dtype=float)
+    order = list(truth["node_order"])
+    # a node the truth lacks (a latent matched to no true one) is an isolated true node
+    order += sorted({r[k] for r in rows for k in ("source", "target")} - set(order))
+    p = len(truth["node_order"])
+    B_true = np.zeros((len(order), len(order)))
+    B_true[:p, :p] = np.array(truth["B_true"], dtype=float)
     plain, cpdag = np.zeros_like(B_true), np.zeros_like(B_true)
     claims = wrong = 0
     for r in rows:
-        if r["source"] not in order or r["target"] not in order:
-            continue
         i, j = order.index(r["source"]), order.index(r["target"])
         if r["weight"] != 0:
             plain[i, j] = 1.0

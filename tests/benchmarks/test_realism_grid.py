@@ -57,6 +57,32 @@ def test_claims_with_the_site_column() -> None:
     assert ps._score(data, z_hat, W_rev, mic_max_latents=0)["shd"] == 1
 
 
+def test_extra_latents_are_isolated_nodes_of_the_truth() -> None:
+    """A fit with two latents more than the truth: the true graph over the matched latents
+    scores zero, and an edge of an unmatched latent is spurious (and makes it ``clinical``)."""
+    data = rg.simulate_preset("clean", "4/10", seed=0, n=200, image_size=16)
+    d, m = data.u.shape[1], data.z.shape[1]
+    rng = np.random.default_rng(0)
+    z_hat = np.concatenate(
+        [data.z, rng.standard_normal((200, 1)), 1e-3 * rng.standard_normal((200, 1))], 1
+    )
+    W = np.zeros((d + m + 2, d + m + 2))
+    W[: d + m, : d + m] = data.B_true
+    clean = rg.claim_scores(data, z_hat, W)
+    assert clean["skeleton_shd"] == 0 and clean["wrong_claims"] == 0
+    assert clean["extra_roles"] == {"clinical": 0, "nuisance": 1, "unused": 1}
+    assert ps._score(data, z_hat, W, mic_max_latents=0)["shd"] == 0
+    W[d + m, 0] = 1.0  # the nuisance latent -> u0
+    spurious = rg.claim_scores(data, z_hat, W)
+    assert spurious["skeleton_shd"] == 1 and spurious["wrong_claims"] == 1
+    assert spurious["extra_roles"]["clinical"] == 1
+    assert [f"z{m}", "u0"] not in [e[:2] for e in spurious["edges"]]  # named as matched to none
+    assert ["extra0", "u0", "data", "absent"] in spurious["edges"]
+    assert ps._score(data, z_hat, W, mic_max_latents=0)["shd"] == 1
+    with pytest.raises(ValueError, match="at least the true"):
+        rg.claim_scores(data, z_hat[:, : m - 1], W[: d + m - 1, : d + m - 1])
+
+
 def test_learner_input_one_hots_the_site() -> None:
     u = np.array([[0.5, 2.0], [1.5, 0.0], [2.5, 1.0]])
     out = ps._learner_u(u, ["continuous", "categorical"])

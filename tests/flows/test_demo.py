@@ -55,3 +55,17 @@ def test_demo_graph_is_recoverable_from_noisy_true_latents():
             d, m, n_edges, n=DEMO_PATIENTS, image_size=DEMO_IMAGE_SIZE, n_binary=1, seed=seed
         )
         assert passes_oracle_criterion(sim) is passes, seed
+
+
+def test_a_latent_matched_to_no_true_one_counts_as_a_false_edge():
+    """Rows of a model with more latents than the truth are scored, not dropped: an edge of an
+    unmatched latent is a false edge and, when oriented, a wrong claim."""
+    from flows.demo import UNMATCHED, score_rows
+
+    truth = {"node_order": ["u0", "z0", "z1"], "B_true": [[0, 1, 0], [0, 0, 0], [0, 0, 0]]}
+    right = {"source": "u0", "target": "z0", "weight": 1.0, "orientation": "data"}
+    assert score_rows(truth, [right])["shd"] == 0
+    extra = {"source": f"{UNMATCHED}z2", "target": "u0", "weight": 0.5, "orientation": "data"}
+    scores = score_rows(truth, [right, extra])
+    assert scores["shd"] == 1 and scores["wrong_claims"] == 1 and scores["claims"] == 2
+    assert scores["tpr"] == 1.0 and scores["fdr"] == 0.5
