@@ -195,20 +195,21 @@ def edge_table(
 
 
 class LatentRole(StrEnum):
-    """What a latent stands for, read from the edge table and the images."""
+    """What a latent stands for, read from the edge table and the decoder."""
 
     CLINICAL = "clinical"  # on an edge with a clinical variable
-    NUISANCE = "nuisance"  # varies across images, tied to no clinical variable
-    UNUSED = "unused"  # (nearly) constant across images: the model did not use it
+    NUISANCE = "nuisance"  # shapes the image, tied to no clinical variable
+    UNUSED = "unused"  # (nearly) does not change the decoded image: not an image feature
 
 
-#: A latent whose posterior mean varies across images by less than this share of the most
-#: variable latent's standard deviation is ``unused`` (a collapsed latent).
+#: A latent whose effect on the decoded image (``CMCL.image_effect_``: image change per
+#: standard deviation of the latent) is below this share of the largest latent's is ``unused``;
+#: the final graph leaves it out.
 UNUSED_SCALE = 0.1
 
 
 def latent_roles(
-    edges: Sequence[Edge], latent_names: Sequence[str], z_std: Sequence[float]
+    edges: Sequence[Edge], latent_names: Sequence[str], effect: Sequence[float]
 ) -> dict[str, LatentRole]:
     """The role of every latent, so that a latent that matches nothing clinical is reported as
     a nuisance factor (patient position, anatomy no variable explains, scanner) and never
@@ -218,13 +219,14 @@ def latent_roles(
         edges: the edge table (:func:`edge_table`); a row counts when it is in the reference fit
             without resampling, or at least :data:`MIN_RESAMPLE_SHARE` of the resamples have it.
         latent_names: ``z0 ... z{m-1}``.
-        z_std: standard deviation of each latent's posterior mean across the training images.
+        effect: how much each latent changes the decoded image per standard deviation
+            (``CMCL.image_effect_``; a model file without it gives the posterior means' spread).
 
     Returns:
         ``{latent name: role}`` in latent order.
     """
-    z_std = np.asarray(z_std, dtype=float)
-    top = float(z_std.max()) if z_std.size else 0.0
+    effect = np.asarray(effect, dtype=float)
+    top = float(effect.max()) if effect.size else 0.0
     latent = set(latent_names)
     linked = {
         name
@@ -234,7 +236,7 @@ def latent_roles(
         for name in (e.source, e.target)
     }
     roles = {}
-    for name, s in zip(latent_names, z_std, strict=True):
+    for name, s in zip(latent_names, effect, strict=True):
         if name in linked:
             roles[name] = LatentRole.CLINICAL
         elif top <= 0 or s < UNUSED_SCALE * top:

@@ -140,6 +140,9 @@ class CMCL:
         raw_adjacency_: the jointly trained DAG's adjacency before the final solve.
         edges_: ``[(source, target, weight)]`` of the final graph, strongest first.
         z_shift_, z_scale_: statistics of the posterior means (the DAG sees standardised z).
+        image_effect_: ``[m]`` how much the decoded image changes per standard deviation of
+            each latent; a latent below ``edges.UNUSED_SCALE`` of the largest is ``unused`` and
+            has no edge in the final graph (``latent_roles_``).
         history_: one record per training epoch.
     """
 
@@ -327,6 +330,7 @@ class CMCL:
         self.u_roles_ = {encoding.names[i]: role for i, role in roles.items()}
         self.knowledge_ = knowledge
         self.z_shift_, self.z_scale_ = result.z_shift, result.z_scale
+        self.image_effect_ = result.image_effect
         self.raw_adjacency_ = result.raw_adjacency
         self.weighted_adjacency_ = result.weighted_adjacency
         self.structure_data_: StructureData | None = result.structure
@@ -368,7 +372,7 @@ class CMCL:
             (e.source, e.target): e.orientation for e in self.edge_table_
         }
         self.latent_roles_: dict[str, LatentRole] = latent_roles(
-            self.edge_table_, self.node_names_[len(self.u_names_) :], self.z_scale_
+            self.edge_table_, self.node_names_[len(self.u_names_) :], self.image_effect_
         )
         return self
 
@@ -545,6 +549,7 @@ class CMCL:
             **self.encoding_.to_dict(),
             "z_shift": self.z_shift_.tolist(),
             "z_scale": self.z_scale_.tolist(),
+            "image_effect": self.image_effect_.tolist(),
             "weighted_adjacency": self.weighted_adjacency_.tolist(),
             "raw_adjacency": self.raw_adjacency_.tolist(),
             "u_roles": self.u_roles_,
@@ -584,6 +589,8 @@ class CMCL:
         net.load_state_dict(state)
         model._set_fitted(net.to(dev).eval(), cfg, meta["image_shape"], dev)
         model.z_shift_, model.z_scale_ = np.array(meta["z_shift"]), np.array(meta["z_scale"])
+        # files written before the image effect was stored: the posterior means' spread
+        model.image_effect_ = np.array(meta.get("image_effect", meta["z_scale"]))
         model.weighted_adjacency_ = W
         model.raw_adjacency_ = np.array(meta["raw_adjacency"])
         model.history_ = meta["history"]

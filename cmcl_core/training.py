@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import cmcl_core.losses as losses
 from cmcl_core.acyclicity import AugmentedLagrangian
 from cmcl_core.config import CMCLConfig
 from cmcl_core.device import Cohort, autocast, grad_scaler
+from cmcl_core.edges import UNUSED_SCALE
 from cmcl_core.graph import threshold_dag
 from cmcl_core.network import INFERENCE_BATCH, CMCLNetwork
 from cmcl_core.objective import (
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows whose posterior means and decoder Jacobian the sparse rotation is computed on.
 ROTATION_ROWS = 1000
+#: Rows at which each latent's effect on the decoded image is measured (:func:`image_effect`).
+EFFECT_POINTS = 64
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -59,6 +63,9 @@ class FitResult:
         raw_adjacency: ``[(d + m), (d + m)]`` weighted adjacency of the jointly trained DAG.
         weighted_adjacency: the final graph (thresholded, acyclic).
         structure: the data the final graph was solved on (for resampling it).
+        image_effect: [m] how much the decoded image moves per standard deviation of each
+            latent (:func:`image_effect`); a latent below ``UNUSED_SCALE`` of the largest is
+            kept out of the final graph.
         history: one record per epoch (loss parts, ``h``, ``rho``, ``alpha``, ``val_loss``,
             ``seconds``).
     """
@@ -68,6 +75,7 @@ class FitResult:
     raw_adjacency: np.ndarray
     weighted_adjacency: np.ndarray
     structure: StructureData
+    image_effect: np.ndarray
     history: list[dict] = field(default_factory=list)
 
 
@@ -308,14 +316,49 @@ def _final_graph(
         rows = np.sort(rng.choice(rows, cfg.refit_dag_max_samples, replace=False))
     u_dag = net.dag_inputs(u[rows]).cpu().numpy()
     X = np.concatenate([u_dag, (z[rows] - z_shift) / z_scale], 1)  # [n, d + m]
-    allowed = net.dag.allowed.cpu().numpy()
+    effect = image_effect(net.decoder, z[rows[:EFFECT_POINTS]], z_scale)  # [m]
+    unused = _without_effect(effect, X.shape[1] - len(effect))  # [d + m]
+    allowed = net.dag.allowed.cpu().numpy() & ~(unused[:, None] | unused[None, :])
     structure = StructureData(X, tuple(net.dag_types), allowed, tuple(net.dag_levels))
     if cfg.refit_dag:
         W = solve_structure(X, net.dag_types, allowed, seed, cfg)
     else:
-        W = threshold_dag(raw, cfg.w_threshold)
+        W = threshold_dag(np.where(allowed, raw, 0.0), cfg.w_threshold)
     X_t = torch.as_tensor(X, dtype=torch.float32, device=net.device)
     net.replace_dag(
         refit_functions(net.dag_types, net.dag_levels, X_t, W, cfg.dag_hidden, cfg.lambda2)
     )
-    return FitResult(z_shift, z_scale, raw, W, structure, history)
+    return FitResult(z_shift, z_scale, raw, W, structure, effect, history)
+
+
+@torch.no_grad()
+def image_effect(decoder: torch.nn.Module, z: np.ndarray, z_scale: np.ndarray) -> np.ndarray:
+    """How much the decoded image moves when each latent moves by one standard deviation:
+    ``[k, m]`` posterior means -> ``[m]``, the mean over the ``k`` points of the L2 norm (over
+    pixels) of the forward difference of ``sigmoid(decoder)`` with a step of 0.1 sd, divided
+    by 0.1.
+
+    Unlike the spread of the posterior means, it survives the rotation's whitening (which
+    gives every latent unit variance) and tells a latent that shapes the image from one that
+    only carries what the prior and the encoder know from ``u`` (with more latents than image
+    factors, the extra ones decode to almost nothing: docs/method.md).
+    """
+    device = next(decoder.parameters()).device
+    pts = torch.as_tensor(z, dtype=torch.float32, device=device)  # [k, m]
+    step = torch.as_tensor(0.1 * np.asarray(z_scale), dtype=torch.float32, device=device)
+    diff = losses.decoder_differences(decoder, pts, torch.diag(step))  # [m, k, P]
+    return (diff.norm(dim=2).mean(1) / 0.1).double().cpu().numpy()
+
+
+def _without_effect(effect: np.ndarray, d: int) -> np.ndarray:
+    """``[d + m]``: True for the latents whose image effect is below ``UNUSED_SCALE`` of the
+    largest (kept out of the final graph: they are not image features), logged by name."""
+    unused = effect < UNUSED_SCALE * effect.max(initial=0.0)
+    if unused.any():
+        logger.info(
+            "latents %s hardly change the decoded image (effect below %.0f%% of the largest): "
+            "reported unused and kept out of the graph",
+            ", ".join(f"z{j}" for j in np.flatnonzero(unused)),
+            100 * UNUSED_SCALE,
+        )
+    return np.concatenate([np.zeros(d, bool), unused])

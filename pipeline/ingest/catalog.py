@@ -95,7 +95,6 @@ def _entry(r: dict) -> CatalogEntry:
     )  # fmt: skip
 
 
-
 def image_row(acc: Accepted, cache_key: str | None, n_slices: int = 1) -> ImageRow:
     """The catalog row of an accepted file."""
     return ImageRow(

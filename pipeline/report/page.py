@@ -94,7 +94,8 @@ def write_report(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     index = run_dir / "index.html"
     roles = _latent_rows(model, edges)
-    index.write_text(_html(run_id, edges, u_names, grids, latents, roles, metrics))
+    hint = _latent_dim_hint(model)
+    index.write_text(_html(run_id, edges, u_names, grids, latents, roles, metrics, hint))
     logger.info(
         "report of run %d: %d intervention grids, %d saliency maps",
         run_id,
@@ -114,27 +115,40 @@ def _fraction(x: float | None) -> str:
 
 _ROLE_TEXT = {
     LatentRole.CLINICAL: "on an edge with a clinical variable",
-    LatentRole.NUISANCE: "nuisance factor: varies across images, tied to no clinical variable",
-    LatentRole.UNUSED: "unused: nearly constant across images",
+    LatentRole.NUISANCE: "nuisance factor: shapes the image, tied to no clinical variable",
+    LatentRole.UNUSED: "unused: hardly changes the decoded image; kept out of the graph",
 }
 
 
 def _latent_rows(model: CMCL, edges: list[Edge]) -> str:
-    """One table row per latent: its role, the spread of its posterior mean, its edges."""
+    """One table row per latent: its role, its effect on the image, its edges."""
     rows = []
+    effect = np.asarray(model.image_effect_, dtype=float)
+    share = effect / max(float(effect.max(initial=0.0)), 1e-12)  # [m] of the largest
     for j, (name, role) in enumerate(model.latent_roles_.items()):
         linked = ", ".join(
             f"{x.source} &rarr; {x.target}" for x in edges if name in (x.source, x.target)
         )
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(role.value)}</td>"
-            f"<td>{float(model.z_scale_[j]):.3f}</td><td>{_ROLE_TEXT[role]}</td>"
+            f"<td>{share[j]:.2f}</td><td>{_ROLE_TEXT[role]}</td>"
             f"<td>{linked or '&ndash;'}</td></tr>"
         )
     return "\n".join(rows)
 
 
-def _html(run_id, edges, u_names, grids, latents, roles, metrics) -> str:
+def _latent_dim_hint(model: CMCL) -> str:
+    """The ``latent_dim`` rule: with no unused latent, the model may be too small."""
+    if any(role is LatentRole.UNUSED for role in model.latent_roles_.values()):
+        return ""
+    return (
+        "Every latent shapes the image, so the images may have more factors than "
+        f"<code>model.latent_dim</code> = {model.latent_dim_}: a run with a larger "
+        "<code>latent_dim</code> shows whether one is left unused (docs/method.md)."
+    )
+
+
+def _html(run_id, edges, u_names, grids, latents, roles, metrics, unused_hint) -> str:
     e = html.escape
     rows = (
         "\n".join(
@@ -188,13 +202,15 @@ regenerated under do(u = value) through the learned causal functions and the dec
 regenerated images, are an estimate.</p>
 {grid_html}
 <h2>Latents</h2>
-<table><tr><th>latent</th><th>role</th><th>sd of posterior mean</th><th>meaning</th>
+<table><tr><th>latent</th><th>role</th><th>effect on the image</th><th>meaning</th>
 <th>edges</th></tr>
 {roles}</table>
-<p>A <i>nuisance</i> latent carries image variation (patient position, anatomy no clinical
-variable explains, scanner effects) that no clinical variable accounts for: it is part of the
-representation, not a finding. <i>unused</i>: its posterior mean varies by less than
-{UNUSED_SCALE:.0%} of the most variable latent's.</p>
+<p>Effect on the image: how much the decoded image changes when the latent moves by one
+standard deviation, as a share of the largest latent's. A <i>nuisance</i> latent carries image
+variation (patient position, anatomy no clinical variable explains, scanner effects) that no
+clinical variable accounts for: it is part of the representation, not a finding.
+<i>unused</i>: its effect is below {UNUSED_SCALE:.0%} of the largest; it is not an image feature
+and the graph leaves it out. {unused_hint}</p>
 <h2>What each latent does</h2>
 <p>Decoded images as one latent sweeps its mean &plusmn; 2 standard deviations with the others at
 their means: every latent, on an edge or not (read an anti-causal or undetermined edge from

@@ -125,9 +125,7 @@ def test_estimator_standardises_in_fit_transform_and_after_loading(tmp_path):
                                   data.images[:3])  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "group, match", [("scanner", "not a u column"), ("u0", "not categorical")]
-)
+@pytest.mark.parametrize("group, match", [("scanner", "not a u column"), ("u0", "not categorical")])
 def test_the_group_column_must_be_a_categorical_u(group, match):
     data = simulate_setting("4/10", n=80, image_size=16, seed=1, n_sites=3)
     model = CMCL(latent_dim=4, intensity="group", intensity_group=group, epochs=1,

@@ -18,7 +18,7 @@ PREPARED = {"align": "similarity", "intensity": "group", "intensity_group": "sit
 def prepared_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     site = rng.integers(3, size=64).astype(float)  # [n]
-    images = (rng.random((64, 1, 16, 16)) * (0.6 + 0.2 * site[:, None, None, None]))
+    images = rng.random((64, 1, 16, 16)) * (0.6 + 0.2 * site[:, None, None, None])
     u = np.column_stack([rng.normal(size=(64, 2)), site])  # [n, 3]
     model = CMCL(latent_dim=2, epochs=1, min_epochs=1, batch_size=16, seed=0, device="cpu",
                  num_threads=1, refit_dag=False, **PREPARED)  # fmt: skip

@@ -77,9 +77,16 @@ def test_report_lists_a_latent_on_no_edge_as_a_nuisance_factor(tiny_model, tmp_p
     W = np.zeros((4, 4))
     W[1, 2] = 0.7  # age -> z0 only: z1 is tied to no clinical variable
     model.weighted_adjacency_ = W
-    model.z_scale_ = np.array([1.0, 0.9])
+    model.image_effect_ = np.array([2.0, 1.8])  # image change per sd of each latent
     model.set_stability(None)
     assert model.latent_roles_ == {"z0": LatentRole.CLINICAL, "z1": LatentRole.NUISANCE}
     html = write_report(tmp_path, run_id=4, model=model, images=images, u=u, metrics={}).read_text()
-    assert "<td>z1</td><td>nuisance</td><td>0.900</td>" in html
-    assert "<td>z0</td><td>clinical</td><td>1.000</td>" in html
+    assert "<td>z1</td><td>nuisance</td><td>0.90</td>" in html  # share of the largest effect
+    assert "<td>z0</td><td>clinical</td><td>1.00</td>" in html
+    assert "Every latent shapes the image" in html  # none unused: latent_dim may be too small
+    model.image_effect_ = np.array([2.0, 0.1])
+    model.set_stability(None)
+    assert model.latent_roles_["z1"] is LatentRole.UNUSED
+    html = write_report(tmp_path, run_id=5, model=model, images=images, u=u, metrics={}).read_text()
+    assert "<td>z1</td><td>unused</td><td>0.05</td>" in html
+    assert "Every latent shapes the image" not in html
