@@ -208,7 +208,8 @@ def _fit_cmcl(data, method: str, seed: int, opts: _FitOptions):
     model.fit(data.images, data.u, u_types=list(data.u_types), u_names=list(data.u_names))
     z_hat = model.transform(data.images, data.u)  # [n, m]
     epochs_run = len(getattr(model, "history_", []) or []) or None
-    return z_hat, np.asarray(model.weighted_adjacency_), {"epochs_run": epochs_run}
+    info = {"epochs_run": epochs_run, "image_effect": np.asarray(model.image_effect_)}
+    return z_hat, np.asarray(model.weighted_adjacency_), info
 
 
 def _learner_u(u: np.ndarray, u_types: Sequence[str]) -> np.ndarray:
@@ -266,7 +267,7 @@ def run_cell(
     base: CMCLConfig,
     device: str | None = None,
     mic_max_latents: int = 12,
-    extra_scores: Callable[[object, np.ndarray, np.ndarray], dict] | None = None,
+    extra_scores: Callable[..., dict] | None = None,
 ) -> dict:
     """Fit one method on one dataset and score it.
 
@@ -278,7 +279,8 @@ def run_cell(
         device: torch device, None for automatic.
         mic_max_latents: largest m scored with the full MIC matching (see ``_score``; 0
             matches every latent by |Spearman|).
-        extra_scores: further metrics of ``(data, z_hat, W)`` (``z_hat`` [n, m], ``W`` the
+        extra_scores: further metrics of ``(data, z_hat, W, effect=...)`` (``effect``: a CMCL
+            fit's ``image_effect_``, else None; ``z_hat`` [n, m], ``W`` the
             weighted adjacency over ``[u, z_hat]``) added to the record; None adds none.
 
     Returns:
@@ -291,8 +293,9 @@ def run_cell(
     z_hat, W, info = fit(data, method, seed, _FitOptions(base, device))
     fit_s = time.perf_counter() - t0
     rec = _score(data, z_hat, W, mic_max_latents)
+    effect = info.pop("image_effect", None)  # a CMCL fit's, for the roles of its latents
     if extra_scores is not None:
-        rec.update(extra_scores(data, z_hat, W))
+        rec.update(extra_scores(data, z_hat, W, effect=effect))
     rec.update(info, fit_s=fit_s, score_s=time.perf_counter() - t0 - fit_s)
     # seconds per representation-learning epoch (two-stage: without the DAG stage)
     rep_s = info.get("rep_s", fit_s)

@@ -82,7 +82,7 @@ def skeleton_shd(B_true: np.ndarray, B_est: np.ndarray, d: int | None = None) ->
     return int(differ.sum())
 
 
-def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
+def claim_scores(data, z_hat: np.ndarray, W: np.ndarray, effect: np.ndarray | None = None) -> dict:
     """Skeleton SHD, orientation claims and the edge list of one fit (``run_cell``'s
     ``extra_scores``).
 
@@ -90,6 +90,9 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
         data: a ``SimulatedData``.
         z_hat: ``[n, m]`` estimated latents.
         W: ``[(d + m), (d + m)]`` weighted adjacency over ``[u, z_hat]``.
+        effect: ``[m]`` each latent's effect on the decoded image (a CMCL fit's
+            ``image_effect_``), which decides the ``unused`` role; None (a two-stage method):
+            the spread of ``z_hat``.
 
     Returns:
         ``skeleton_shd``, ``claims``, ``wrong_claims``, ``undetermined``, ``shd_cpdag`` and
@@ -107,7 +110,7 @@ def claim_scores(data, z_hat: np.ndarray, W: np.ndarray) -> dict:
     _, index, B_true = matched_graph(data, z_hat)
     true_names = list(data.u_names) + list(data.z_names)
     true_names += [f"extra{k}" for k in range(m_hat - m)]  # latents matched to none
-    roles = latent_roles(rows + links, names[d:], z_hat.std(0))
+    roles = latent_roles(rows + links, names[d:], z_hat.std(0) if effect is None else effect)
     extra = [name for name in names[d:] if index[name] >= d + m]
     B_est = np.zeros_like(B_true)
     edges = []

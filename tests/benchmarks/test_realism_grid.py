@@ -71,6 +71,9 @@ def test_extra_latents_are_isolated_nodes_of_the_truth() -> None:
     clean = rg.claim_scores(data, z_hat, W)
     assert clean["skeleton_shd"] == 0 and clean["wrong_claims"] == 0
     assert clean["extra_roles"] == {"clinical": 0, "nuisance": 1, "unused": 1}
+    effect = np.r_[np.ones(m), 0.01, 1.0]  # a CMCL fit's image effect overrides the spread
+    assert rg.claim_scores(data, z_hat, W, effect)["extra_roles"]["unused"] == 1
+    assert rg.claim_scores(data, z_hat, W, effect)["roles"]["unused"] == 1
     assert ps._score(data, z_hat, W, mic_max_latents=0)["shd"] == 0
     W[d + m, 0] = 1.0  # the nuisance latent -> u0
     spurious = rg.claim_scores(data, z_hat, W)
@@ -114,7 +117,8 @@ def test_grid_records_and_resume(tmp_path, monkeypatch) -> None:
     the report, and a rerun that fits nothing."""
 
     def true_fit(data, method, seed, base, device, mic_max_latents, extra_scores):
-        return {"mcc": 1.0, "shd": 0.0, "fit_s": 0.1, **extra_scores(data, data.z, data.B_true)}
+        scores = extra_scores(data, data.z, data.B_true, effect=None)
+        return {"mcc": 1.0, "shd": 0.0, "fit_s": 0.1, **scores}
 
     monkeypatch.setattr(ps, "run_cell", true_fit)
     argv = ["--quick", "--presets", "clean", "site", "--methods", "pca", "--out", str(tmp_path)]
