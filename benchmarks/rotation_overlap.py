@@ -133,7 +133,8 @@ def markdown(summary: list[dict], meta: dict) -> str:
         f"Command: `{meta['command']}` ({meta['date']}, {meta['seconds']:.0f} s).",
         "",
         "The true renderer is the decoder; each search starts at the true latents (whitened) "
-        "and the orthogonal one also from 4 random rotations. Footprint width is the "
+        f"and the orthogonal one also from {meta['restarts']} random rotations. Footprint "
+        "width is the "
         "sd of each latent's Gaussian blob in cell pitches (`overlap` in `cmcl_core.simulate`; "
         "the `overlap` and `all` presets use 1.0). Cells: min / median / max over layouts. An "
         "L1 ratio below 1 means the sparsest basis the criterion can find is sparser than the "
@@ -171,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
         "seconds": time.perf_counter() - t0,
+        "restarts": args.restarts,
     }
     summary = summarise(records)
     args.out.mkdir(parents=True, exist_ok=True)
