@@ -16,7 +16,10 @@ The cohort is written as DICOM plus a clinical database and run through the whol
 twice: without knowledge, and with it. Each run's edges are compared with the truth after
 matching the latents (as ``cmcl demo`` does), with their orientation, stability and direction
 agreement; the skeleton SHD counts adjacencies found but not true or true but not found,
-direction ignored.
+direction ignored, over the pairs with a clinical variable, as the realism grid scores them
+(``benchmarks.realism_grid``). A link between two latents (``latent_edges``) is counted
+apart, with how many of the links join two latents that share the cohort's hidden factor
+(``truth.json``'s ``realism.confounded_latents``): such a link states a real dependence.
 
 Example::
 
@@ -39,7 +42,7 @@ from typing import Any
 import yaml
 
 from benchmarks.child_run import cmcl_run
-from flows.demo import DEMO_MODEL, compare_with_truth
+from flows.demo import DEMO_MODEL, UNMATCHED, compare_with_truth
 from pipeline.synthetic.cohort import NAMED_COHORTS, make_synthetic_cohort, realism_options
 
 KEY = "3c" * 32
@@ -75,12 +78,40 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def skeleton_shd(true_edges: list[tuple[str, str]], rows: list[dict[str, Any]]) -> int:
+def _is_latent(name: str, latents: set[str]) -> bool:
+    return name in latents or name.startswith(UNMATCHED)
+
+
+def skeleton_shd(
+    true_edges: list[tuple[str, str]], rows: list[dict[str, Any]], latents: set[str]
+) -> int:
     """Adjacencies in the truth but not found plus found but not in the truth (direction
-    ignored); ``rows`` are edge rows named as the truth's nodes, weight 0 meaning absent."""
+    ignored) over the pairs with a clinical variable; ``rows`` are edge rows named as the
+    truth's nodes, weight 0 meaning absent; ``latents`` the truth's latent names (a name
+    ``unmatched:zJ`` is a latent too)."""
     true = {frozenset(e) for e in true_edges}
-    found = {frozenset((r["source"], r["target"])) for r in rows if r["weight"] != 0}
+    found = {
+        frozenset((r["source"], r["target"]))
+        for r in rows
+        if r["weight"] != 0
+        and not (_is_latent(r["source"], latents) and _is_latent(r["target"], latents))
+    }
     return len(true ^ found)
+
+
+def latent_links(
+    rows: list[dict[str, Any]], latents: set[str], confounded: set[str]
+) -> tuple[int, int]:
+    """How many found edges join two latents, and how many of those join two latents that
+    share the hidden factor."""
+    links = [
+        (r["source"], r["target"])
+        for r in rows
+        if r["weight"] != 0
+        and _is_latent(r["source"], latents)
+        and _is_latent(r["target"], latents)
+    ]
+    return len(links), sum(a in confounded and b in confounded for a, b in links)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     roles = dict(setting.knowledge)
     if "site" in info.u_names:  # the scanner site is installed before any image is taken
         roles["causes"] = [*roles["causes"], "site"]
+    truth = json.loads((info.out_dir / "truth.json").read_text())
+    latents = set(truth["z_names"])
+    confounded = set((truth.get("realism") or {}).get("confounded_latents", []))
     lines, records = [], []
     for name, knowledge in (("none", None), ("roles", roles)):
         work = args.work / name
@@ -154,12 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             info.out_dir, config, bytes.fromhex(KEY), time.perf_counter() - t0, False
         )
         true = set(res.true_edges)
-        res.scores["shd_skeleton"] = float(skeleton_shd(res.true_edges, res.found_rows))
+        res.scores["shd_skeleton"] = float(skeleton_shd(res.true_edges, res.found_rows, latents))
+        links, shared = latent_links(res.found_rows, latents, confounded)
+        res.scores["latent_links"], res.scores["latent_links_confounded"] = links, shared
         records.append({"knowledge": name, "scores": res.scores, "rows": res.found_rows})
         lines += [
             f"### knowledge: {knowledge or 'none'}",
             "",
-            f"skeleton SHD {res.scores['shd_skeleton']:.0f}, "
+            f"skeleton SHD {res.scores['shd_skeleton']:.0f} (pairs with a clinical variable; "
+            f"latent links {links}, {shared} of them between latents sharing the hidden "
+            f"factor), "
             f"SHD {res.scores['shd']:.0f} (undetermined as undirected "
             f"{res.scores['shd_cpdag']:.0f}), TPR {res.scores['tpr']:.2f}, wrong claims "
             f"{res.scores['wrong_claims']:.0f} of {res.scores['claims']:.0f}, latent MCC "
