@@ -191,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         res.scores["shd_skeleton"] = float(skeleton_shd(res.true_edges, res.found_rows, latents))
         links, shared = latent_links(res.found_rows, latents, confounded)
         res.scores["latent_links"], res.scores["latent_links_confounded"] = links, shared
-        records.append({"knowledge": name, "scores": res.scores, "rows": res.found_rows})
+        records.append(
+            {
+                "knowledge": name,
+                "scores": res.scores,
+                "rows": res.found_rows,
+                "latent_corr": res.latent_corr,
+            }
+        )
         lines += [
             f"### knowledge: {knowledge or 'none'}",
             "",
@@ -202,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{res.scores['shd_cpdag']:.0f}), TPR {res.scores['tpr']:.2f}, wrong claims "
             f"{res.scores['wrong_claims']:.0f} of {res.scores['claims']:.0f}, latent MCC "
             f"{res.scores['mcc']:.2f}, {res.seconds:.0f} s",
+            "",
+            "Latents, |Spearman| with the matched learned latent (the largest with another, "
+            "named by its match): "
+            + ", ".join(
+                f"{k} {v['matched']:.2f} ({v['other']:.2f} {v['other_name']})"
+                for k, v in res.latent_corr.items()
+            )
+            + ".",
             "",
             "| source | target | weight | orientation | stability | agreement | truth |",
             "|---|---|---|---|---|---|---|",

@@ -192,12 +192,20 @@ def mcc(
         ``|corr(z_true[:, i], z_est[:, matching[i]])|`` (in [0, 1]; a true latent left unmatched
         because ``m2 < m1`` counts 0), ``matching[i]`` the matched column of ``z_est`` or -1.
     """
+    return _hungarian(correlation_matrix(z_true, z_est, method))
+
+
+def correlation_matrix(
+    z_true: np.ndarray, z_est: np.ndarray, method: str = "spearman"
+) -> np.ndarray:
+    """``[m1, m2]`` |correlation| of every true latent with every estimated one (what
+    :func:`mcc` matches; a row's entries off the matched column show how mixed it is)."""
     z_true, z_est = _check_pair(z_true, z_est)
     if method == "spearman":
         z_true, z_est = rankdata(z_true, axis=0), rankdata(z_est, axis=0)
     elif method != "pearson":
         raise ValueError(f"mcc: method must be 'spearman' or 'pearson', got {method!r}.")
-    return _hungarian(_abs_corr(z_true, z_est))
+    return _abs_corr(z_true, z_est)
 
 
 # --------------------------------------------------------------------------------------------

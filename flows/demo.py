@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import yaml
 
 from cmcl_core.dag import learn_dag
 from cmcl_core.graph import bipartite_mask
-from cmcl_core.metrics import count_accuracy, mcc
+from cmcl_core.metrics import correlation_matrix, count_accuracy, mcc
 from cmcl_core.simulate import SimulatedData
 from db.engine import results_engine
 from db.read import latest_run, read_edges, read_latents
@@ -97,6 +97,9 @@ class DemoResult:
     report: Path
     results_db: Path
     fresh_key: bool  # the demo made its own pseudonym key
+    # per true latent: |Spearman| with its matched latent ("matched"), and the largest with
+    # any other learned latent ("other", named by "other_name" as the truth names it)
+    latent_corr: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_demo(
@@ -194,6 +197,7 @@ def compare_with_truth(
     z_est = np.array([r["z"] for r in lat])  # [n, m]
     z_true = true_latents(workdir, key=key, image_keys=[r["image_key"] for r in lat])  # [n, m]
     ok = ~np.isnan(z_true).any(axis=1)
+    corr = correlation_matrix(z_true[ok], z_est[ok])  # [m_true, m_est]
     score, matching = mcc(z_true[ok], z_est[ok])
     learned_to_true = {f"z{int(j)}": truth["z_names"][i] for i, j in enumerate(matching) if j >= 0}
     # a model with more latents than the truth: the unmatched ones keep a name the truth lacks
@@ -211,8 +215,27 @@ def compare_with_truth(
     report = run_folder(cfg, run_id) / "index.html"
     results_db = workdir / "results.db"
     return DemoResult(
-        run_id, seconds, true_edges, found, rows, scores, report, results_db, fresh_key
-    )
+        run_id, seconds, true_edges, found, rows, scores, report, results_db, fresh_key,
+        latent_corr(corr, matching, truth["z_names"], learned_to_true),
+    )  # fmt: skip
+
+
+def latent_corr(
+    corr: np.ndarray, matching: np.ndarray, true_names: list[str], learned_to_true: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Per true latent, its matched |correlation| and the strongest one with another learned
+    latent: a large second figure means the learned latent is a mix of two true ones."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(true_names):
+        j = int(matching[i])
+        others = [k for k in range(corr.shape[1]) if k != j]
+        k = max(others, key=lambda c: corr[i, c]) if others else -1
+        out[name] = {
+            "matched": float(corr[i, j]) if j >= 0 else 0.0,
+            "other": float(corr[i, k]) if k >= 0 else 0.0,
+            "other_name": learned_to_true.get(f"z{k}", f"z{k}") if k >= 0 else None,
+        }
+    return out
 
 
 def score_rows(truth: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:

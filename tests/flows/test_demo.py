@@ -69,3 +69,22 @@ def test_a_latent_matched_to_no_true_one_counts_as_a_false_edge():
     scores = score_rows(truth, [right, extra])
     assert scores["shd"] == 1 and scores["wrong_claims"] == 1 and scores["claims"] == 2
     assert scores["tpr"] == 1.0 and scores["fdr"] == 0.5
+
+
+def test_latent_corr_names_the_true_latent_a_learned_one_mixes_in():
+    """Each true latent reports its matched correlation and the strongest other learned
+    latent, named by the true latent that one is matched to."""
+    import numpy as np
+
+    from cmcl_core.metrics import correlation_matrix, mcc
+    from flows.demo import latent_corr
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((500, 3))
+    est = np.stack([z[:, 2], z[:, 0] + 0.8 * z[:, 1], z[:, 1]], 1)  # learned z1 mixes in z1
+    score, matching = mcc(z, est)
+    names = {f"z{int(j)}": f"z{i}" for i, j in enumerate(matching)}
+    out = latent_corr(correlation_matrix(z, est), matching, ["z0", "z1", "z2"], names)
+    assert names == {"z1": "z0", "z2": "z1", "z0": "z2"}
+    assert out["z2"]["matched"] > 0.99 and out["z2"]["other"] < 0.1
+    assert out["z1"]["other_name"] == "z0" and out["z1"]["other"] > 0.5
