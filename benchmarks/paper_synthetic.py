@@ -13,7 +13,9 @@ method is fitted on it with **one recipe** (:func:`recipe`, a ``CMCLConfig``):
   ``cmcl_core.align``), for images whose positioning varies. ``cmcl_site`` standardises
   brightness and contrast per level of the ``site`` column (``intensity: group``,
   ``cmcl_core.intensity``; on data without that column it is ``cmcl``), and
-  ``cmcl_align_site`` does both.
+  ``cmcl_align_site`` does both. ``cmcl_urot`` gives the rotation's criterion its clinical
+  term (``rotation_u_weight: 1.0``; ``cmcl_core.rotation``), and the ``*_urot`` variants add
+  it to another variant's settings.
 * ``vae``, ``betavae``, ``ivae``, ``tcvae``, ``factorvae``: two-stage pipelines, a
   representation learner (``benchmarks/baselines.py``) trained with CMCL's recipe
   (``BaselineConfig.from_recipe``: likelihood, initialisation, input standardisation, batch,
@@ -21,7 +23,8 @@ method is fitted on it with **one recipe** (:func:`recipe`, a ``CMCLConfig``):
   (``cmcl_core.structure.solve_structure``: the same ``learn_dag`` settings, threshold and
   orientation) on ``[u, z_hat]`` with the same bipartite mask. ``vae_rot``, ``betavae_rot``,
   ``ivae_rot`` put their latents through CMCL's sparse rotation (``rotation.sparse_basis``)
-  before the structure step.
+  before the structure step, on the Jacobian's sparsity alone; ``ivae_urot`` with the
+  rotation's clinical term at ``cmcl_urot``'s weight (CMCL's default).
 * references: ``oracle`` (the structure step on ``[u, z_true]``, the best any two-stage
   pipeline can do) and ``pca`` (the top-m principal components of the pixels).
 
@@ -101,13 +104,26 @@ CMCL_VARIANTS: dict[str, dict] = {
     "cmcl_align_site": {"align": "similarity", "intensity": "group", "intensity_group": SITE_NAME},
     "cmcl_extra4": {},
     "cmcl_robust_extra4": _ROBUST,
+    "cmcl_urot": {"rotation_u_weight": 1.0},
+    "cmcl_nourot": {"rotation_u_weight": 0.0},
+    "cmcl_robust_urot": {**_ROBUST, "rotation_u_weight": 1.0},
+    "cmcl_align_urot": {"align": "similarity", "rotation_u_weight": 1.0},
+    "cmcl_oblique_links_urot": {
+        "rotation": "oblique",
+        "latent_edges": True,
+        "rotation_u_weight": 1.0,
+    },
+    "cmcl_links_urot": {"latent_edges": True, "rotation_u_weight": 1.0},
+    "cmcl_robust_urot_orth": {**_ROBUST, "rotation": "orthogonal", "rotation_u_weight": 1.0},
 }
 #: Variants fitted with more latents than the truth: method -> extra latents (``latent_dim`` =
 #: true m + extra). The unmatched latents are scored as isolated nodes (``_score_extra``).
 EXTRA_LATENTS: dict[str, int] = {"cmcl_extra4": 4, "cmcl_robust_extra4": 4}
 ROTATED = tuple(f"{b}_rot" for b in ("vae", "betavae", "ivae"))
+#: iVAE through the rotation with its clinical term at ``cmcl_urot``'s weight.
+U_ROTATED = {"ivae_urot": CMCL_VARIANTS["cmcl_urot"]["rotation_u_weight"]}
 REFERENCES = ("pca", "oracle")
-ALL_METHODS = tuple(CMCL_VARIANTS) + BASELINES + ROTATED + REFERENCES
+ALL_METHODS = tuple(CMCL_VARIANTS) + BASELINES + ROTATED + tuple(U_ROTATED) + REFERENCES
 DEFAULT_METHODS = ("cmcl", *BASELINES, "pca")
 #: Epochs the jointly learnt DAG gets after the last rotation when it is the reported graph.
 JOINT_DAG_EPOCHS = 10
@@ -236,14 +252,17 @@ def _representation(data, method: str, seed: int, opts: _FitOptions) -> tuple[np
         _, _, Vt = np.linalg.svd(X_img, full_matrices=False)  # Vt [min(n, HW), HW]
         z_hat = X_img @ Vt[:m].T  # [n, HW] -> [n, m]
         return z_hat, {"epochs_run": None, "rep_s": time.perf_counter() - t0}
-    kind = method.removesuffix("_rot")
+    kind = method.removesuffix("_urot").removesuffix("_rot")
     cfg = BaselineConfig.from_recipe(opts.recipe, m)
     learner = TwoStageLearner(kind, m, cfg, device=opts.device, seed=seed)
     u = _learner_u(data.u, data.u_types)  # [n, d'] (one-hot categorical columns)
     z_hat = learner.fit(data.images, u).transform(data.images, u)  # [n, m]
     info = {"epochs_run": cfg.epochs, "rep_s": learner.fit_seconds_}
-    if method in ROTATED:  # CMCL's sparse rotation of the learnt latents
-        A, b, gain = sparse_basis(learner.net_.decoder, z_hat, seed)
+    if method in ROTATED or method in U_ROTATED:  # CMCL's sparse rotation of the latents
+        weight = U_ROTATED.get(method, 0.0)  # ``_rot``: the Jacobian term alone
+        A, b, gain = sparse_basis(
+            learner.net_.decoder, z_hat, seed, u_features=torch.as_tensor(u), u_weight=weight
+        )
         z_hat = z_hat @ A.numpy().T + b.numpy()  # z' = A z + b: [n, m]
         info["rotation_gain"] = gain
     return z_hat, info

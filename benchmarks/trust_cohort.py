@@ -224,14 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in res.found_rows:
             st = (r["source"], r["target"])
             verdict = "yes" if st in true else "reversed" if st[::-1] in true else "no"
+            if r["weight"] == 0:  # a row only the resamples have: no edge of the learned graph
+                verdict += " (resamples only)"
             lines.append(
                 f"| {r['source']} | {r['target']} | {r['weight']:+.3f} | "
                 f"{r['orientation']} | {r['stability']} | "
                 f"{r['direction_agreement']} | {verdict} |"
             )
         found = {(r["source"], r["target"]) for r in res.found_rows if r["weight"] != 0}
+        listed = {(r["source"], r["target"]) for r in res.found_rows}
         for a, b in sorted(true - found - {(t, s) for s, t in found}):
-            lines.append(f"| {a} | {b} | | | | | missed |")
+            if (a, b) not in listed and (b, a) not in listed:
+                lines.append(f"| {a} | {b} | | | | | missed |")
         lines.append("")
     given = sys.argv[1:] if argv is None else argv
     cmd = "python -m benchmarks.trust_cohort " + shlex.join(given)

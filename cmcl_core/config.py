@@ -7,6 +7,7 @@ rejects unknown keys, so a typo in a config file is an error rather than a silen
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,12 @@ class CMCLConfig:
             (unit-variance latents that may correlate, the sparsest unit-row map;
             ``rotation.sparsest_oblique``), for latents that share a cause the clinical
             table does not hold (body habitus moving several structures together).
+        rotation_u_weight: weight of a second term of the rotation's criterion: the L1 norm of
+            the correlations between the clinical variables (``UFeatures``) and the latents,
+            relative to its value before the rotation (the Jacobian's L1 norm likewise), so a
+            basis in which each clinical variable correlates with few latents is preferred;
+            for latents that share pixels, where the Jacobian alone prefers a mixed basis
+            (``benchmarks/rotation_overlap.py``). 0: the Jacobian alone.
         dag_hidden: hidden widths of each NOTEARS-MLP (the NOTEARS reference's one layer of 10;
             Appendix D.3 says 3 x 10).
         cr_hidden: hidden widths of the CR classifier D (Appendix D.3: 3 x 10).
@@ -150,6 +157,7 @@ class CMCLConfig:
     rotate_every: int = 5
     rotate_until: int = 40
     rotation: str = "orthogonal"
+    rotation_u_weight: float = 1.0
     dag_hidden: tuple[int, ...] = (10,)
     cr_hidden: tuple[int, ...] = (10, 10, 10)
     use_cm: bool = True
@@ -234,6 +242,8 @@ class CMCLConfig:
             problems.append("gaussian_sigma must be > 0")
         if self.rotation not in ("orthogonal", "oblique"):
             problems.append(f"rotation must be 'orthogonal' or 'oblique', got {self.rotation!r}")
+        if not (self.rotation_u_weight >= 0 and math.isfinite(self.rotation_u_weight)):
+            problems.append(f"rotation_u_weight must be >= 0, got {self.rotation_u_weight!r}")
         if self.rotate_every < 0 or self.rotate_until < 0:
             problems.append("rotate_every and rotate_until must be >= 0")
         if self.decoder_sparsity < 0 or self.sparsity_samples < 1 or self.sparsity_dims < 1:

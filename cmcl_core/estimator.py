@@ -171,6 +171,7 @@ class CMCL:
         rotate_every: int = 5,
         rotate_until: int = 40,
         rotation: str = "orthogonal",
+        rotation_u_weight: float = 1.0,
         dag_hidden: tuple[int, ...] = (10,),
         cr_hidden: tuple[int, ...] = (10, 10, 10),
         use_cm: bool = True,

@@ -12,6 +12,17 @@ by rewriting the last layer of the posterior and prior networks (their means exa
 log-variances approximately) and the first layer of the decoder and of the classifier D (exactly,
 ``W' = W A^{-1}``). The decoded image of a posterior mean is unchanged; the DAG, whose
 per-variable causal functions cannot be rotated, is re-initialised and re-learnt.
+
+The Jacobian's sparsity identifies latents that drive pixels of their own. Latents that share
+most of their pixels (an opacity over the heart shadow) have no such pixels, and a mixed basis
+can have the sparser Jacobian (``benchmarks/rotation_overlap.py``). The clinical variables
+then carry what tells them apart: a latent caused by, or causing, one variable and another
+latent tied to another are mixed only at the price of each variable correlating with more
+latents. With ``rotation_u_weight`` the criterion adds the L1 norm of the correlations between
+the clinical features (``UFeatures``: standardised, binary, one-hot) and the latents, each
+term relative to its value at the start of the search: sparsity of the dependence of the
+latents on the auxiliary variables, which identifies latents in the mechanism-sparsity line of
+work (Lachapelle et al. 2022), here only in its linear, second-moment form.
 """
 
 from __future__ import annotations
@@ -36,10 +47,30 @@ def jacobian_at(decoder: nn.Module, z: torch.Tensor, step: torch.Tensor) -> torc
     return (diff / step[:, None, None]).permute(1, 2, 0)
 
 
+def _loss(J: torch.Tensor, K: torch.Tensor | None, weight: float):
+    """``sum |J T|`` for a basis change ``T`` [m, m], plus, with ``K`` (``[d, m]``
+    correlations of the clinical features with the current latents) and ``weight > 0``,
+    ``weight * sum|K T| / sum|K| * sum|J|``: each term relative to its value at the start,
+    so ``weight`` trades their relative changes and the Jacobian term keeps its scale."""
+    if K is None or weight <= 0:
+        return lambda T: torch.sqrt((J @ T).pow(2) + 1e-10).sum()
+    Kd = K.detach().cpu().float()
+    scale = weight * float(J.abs().sum()) / max(float(Kd.abs().sum()), 1e-12)
+    return lambda T: (
+        torch.sqrt((J @ T).pow(2) + 1e-10).sum() + scale * torch.sqrt((Kd @ T).pow(2) + 1e-10).sum()
+    )
+
+
 def sparsest_rotation(
-    J: torch.Tensor, iters: int = 100, seed: int = 0, restarts: int = 0
+    J: torch.Tensor,
+    iters: int = 100,
+    seed: int = 0,
+    restarts: int = 0,
+    K: torch.Tensor | None = None,
+    weight: float = 0.0,
 ) -> torch.Tensor:
-    """Orthogonal ``R`` [m, m] minimising ``sum |J R|`` for a Jacobian ``J`` [k, P, m].
+    """Orthogonal ``R`` [m, m] minimising ``sum |J R|`` for a Jacobian ``J`` [k, P, m]
+    (with ``K`` and ``weight``, plus the clinical term of :func:`_loss`).
 
     Adam on a skew-symmetric parametrisation ``R = expm(S - S^T)``, its learning rate decayed
     to 0 on a cosine schedule, from the identity (the current, whitened basis) and from
@@ -53,9 +84,7 @@ def sparsest_rotation(
     m = J.shape[-1]
     gen = torch.Generator().manual_seed(seed)
     Jd = J.detach().cpu().float()  # float32: the optimum of float64 (tested), 1.1-1.8x faster
-
-    def objective(R: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt((Jd @ R).pow(2) + 1e-10).sum()
+    objective = _loss(Jd, K, weight)
 
     best_R, best = torch.eye(m, dtype=torch.float64), float(objective(torch.eye(m)))
     starts = [torch.zeros(m, m)]
@@ -80,21 +109,32 @@ def sparsest_rotation(
     return best_R
 
 
-def sparsest_oblique(J: torch.Tensor, iters: int = 150) -> torch.Tensor:
+def sparsest_oblique(
+    J: torch.Tensor, iters: int = 150, K: torch.Tensor | None = None, weight: float = 0.0
+) -> torch.Tensor:
     """``G`` [m, m] with unit-norm rows minimising ``sum |J G^-1|`` for a Jacobian ``J``
     [k, P, m] in whitened coordinates ``w``: the new latents ``z' = G w`` keep unit variance
     but may correlate (``cov(z') = G G^T``), as in oblique factor rotation (Jennrich 2006,
     component loss; the L1 loss grows without bound as two rows of ``G`` become parallel, so
-    the latents cannot collapse onto one another).
+    the latents cannot collapse onto one another). With ``K`` [d, m] (correlations of the
+    clinical features with ``w``) and ``weight``, plus ``sum |K G^T|`` as in :func:`_loss`.
 
     Adam on an unconstrained ``M`` (rows normalised to give ``G``), from the identity, its rate
     cosine-decayed to 0 as in :func:`sparsest_rotation`.
     """
     m = J.shape[-1]
     Jd = J.detach().cpu().float()
+    jac = _loss(Jd, None, 0.0)
+    clinical = None if K is None or weight <= 0 else _loss(K.float(), None, 0.0)
+    scale = (
+        0.0
+        if clinical is None
+        else weight * float(Jd.abs().sum()) / max(float(K.abs().sum()), 1e-12)
+    )
 
     def objective(G: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt((Jd @ torch.linalg.inv(G)).pow(2) + 1e-10).sum()
+        out = jac(torch.linalg.inv(G))
+        return out if clinical is None else out + scale * clinical(G.T)
 
     M = torch.eye(m).requires_grad_(True)
     opt = torch.optim.Adam([M], lr=0.02)
@@ -131,9 +171,25 @@ def rewritten_parameters(net: CMCLNetwork) -> list[nn.Parameter]:
     return params + [net.classifier[0].weight, *net.dag.parameters()]
 
 
+def clinical_correlation(u_features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``[d', m]`` Pearson correlations of each (non-constant) clinical feature column with
+    each latent of ``w`` [k, m]; constant columns are dropped."""
+    U = torch.as_tensor(u_features, dtype=torch.float64)
+    U = U - U.mean(0)
+    keep = U.std(0) > 1e-8
+    U = U[:, keep] / U[:, keep].std(0)
+    W = (w - w.mean(0)) / w.std(0).clamp_min(1e-12)
+    return U.T @ W / max(len(W) - 1, 1)
+
+
 @torch.no_grad()
 def sparse_basis(
-    decoder: nn.Module, z_means: np.ndarray | torch.Tensor, seed: int, oblique: bool = False
+    decoder: nn.Module,
+    z_means: np.ndarray | torch.Tensor,
+    seed: int,
+    oblique: bool = False,
+    u_features: torch.Tensor | None = None,
+    u_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The affine map ``z' = A z + b`` to standardised latents in the decoder's sparsest basis.
 
@@ -148,6 +204,11 @@ def sparse_basis(
             covariance and the decoder's Jacobian (its first ``ROTATION_POINTS`` rows).
         seed: seed of the rotation search.
         oblique: search the oblique ``G`` instead of the orthogonal ``R``.
+        u_features: ``[k, d']`` the clinical features of the same rows (``UFeatures``), for
+            ``u_weight``.
+        u_weight: weight of the clinical term (:func:`_loss`): a basis in which each clinical
+            variable correlates with few latents is preferred, as the Jacobian term prefers
+            one in which each pixel depends on few latents. 0: the Jacobian alone.
 
     Returns:
         ``(A [m, m], b [m], gain)`` in float64 on the CPU, ``A = R^T L^{-1}`` (oblique:
@@ -166,8 +227,15 @@ def sparse_basis(
     step = (0.1 * C.diagonal().sqrt()).to(dev, torch.float32)  # [m]
     J_z = jacobian_at(decoder, pts, step).double().cpu()  # [k, P, m]
     J_w = J_z @ L  # Jacobian in whitened coordinates
+    K = None
+    if u_features is not None and u_weight > 0:
+        w = torch.linalg.solve_triangular(L, (z - mu).T, upper=False).T  # [k, m] white
+        K = clinical_correlation(u_features, w)  # [d', m]
     with torch.enable_grad():
-        G = sparsest_oblique(J_w) if oblique else sparsest_rotation(J_w, seed=seed).T
+        if oblique:
+            G = sparsest_oblique(J_w, K=K, weight=u_weight)
+        else:
+            G = sparsest_rotation(J_w, seed=seed, K=K, weight=u_weight).T
     before = float(J_w.abs().sum())
     after = float((J_w @ torch.linalg.inv(G)).abs().sum())  # R^T^-1 = R
     A = G @ torch.linalg.inv(L)  # z' = A z + b
@@ -176,7 +244,12 @@ def sparse_basis(
 
 @torch.no_grad()
 def rotate_latents(
-    net: CMCLNetwork, z_means: np.ndarray, seed: int, oblique: bool = False
+    net: CMCLNetwork,
+    z_means: np.ndarray,
+    seed: int,
+    oblique: bool = False,
+    u: np.ndarray | None = None,
+    u_weight: float = 0.0,
 ) -> float:
     """Re-parametrise ``net`` so its latents are standardised and in the decoder's sparsest
     basis (whitened too unless ``oblique``).
@@ -186,13 +259,18 @@ def rotate_latents(
         z_means: [k, m] posterior means E[z | x, u] (see :func:`sparse_basis`).
         seed: seed of the rotation search.
         oblique: let the latents correlate (:func:`sparsest_oblique`).
+        u: ``[k, d]`` the raw clinical variables of the same rows, for ``u_weight``.
+        u_weight: weight of the clinical term (:func:`sparse_basis`).
 
     Returns:
         The relative drop of the Jacobian L1 norm achieved by the rotation.
     """
     dev = net.device
     m = net.latent_dim
-    A, b, gain = sparse_basis(net.decoder, z_means, seed, oblique)
+    feats = None
+    if u is not None and u_weight > 0:
+        feats = net.u_features(torch.as_tensor(u, dtype=torch.float32, device=dev)).cpu()
+    A, b, gain = sparse_basis(net.decoder, z_means, seed, oblique, feats, u_weight)
     A_inv = torch.linalg.inv(A)
     f = dict(device=dev, dtype=torch.float32)
     A_f, b_f, A_inv_f = A.to(**f), b.to(**f), A_inv.to(**f)

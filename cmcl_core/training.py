@@ -195,8 +195,11 @@ def _rotate(
     epoch: int,
 ) -> None:
     images, u = data
-    z = net.posterior_means(images, u, np.sort(train_idx[:ROTATION_ROWS]))
-    gain = rotate_latents(net, z, seed=epoch, oblique=cfg.rotation == "oblique")
+    rows = np.sort(train_idx[:ROTATION_ROWS])
+    z = net.posterior_means(images, u, rows)
+    gain = rotate_latents(
+        net, z, epoch, cfg.rotation == "oblique", np.asarray(u)[rows], cfg.rotation_u_weight
+    )
     logger.info("epoch %d: latents rotated to the sparsest basis (L1 -%.1f%%)", epoch, 100 * gain)
 
 

@@ -271,6 +271,9 @@ def test_config_from_dict():
         CMCLConfig(batch_size=1)
     with pytest.raises(ValueError, match="decoder_sparsity"):
         CMCLConfig(decoder_sparsity=-0.1)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rotation_u_weight must be >= 0"):
+            CMCLConfig(rotation_u_weight=bad)
     for bad in (50, "abc", (0,), None):
         with pytest.raises(ValueError, match="cr_hidden must be a list of layer widths"):
             CMCLConfig(cr_hidden=bad)

@@ -59,18 +59,39 @@ def _tiny_fit(n: int, data_seed: int, **kw) -> tuple[CMCL, np.ndarray, np.ndarra
     return CMCL(**{**cfg, **kw}).fit(images, u), images, u
 
 
+@pytest.mark.parametrize("oblique", [False, True])
+def test_the_clinical_term_turns_latents_onto_the_variables_they_correlate_with(oblique):
+    """Pixel responses spread evenly over all directions give the Jacobian term no preferred
+    basis; one clinical variable correlated with a 30-degree mix of the latents then decides
+    it with ``weight`` > 0 (the variable ends correlated with one latent), and without it the
+    search stays where it started."""
+    phi = torch.arange(360, dtype=torch.float64) * math.pi / 180
+    J_w = torch.stack([torch.cos(phi), torch.sin(phi)], 1)[None]  # [1, 360, 2]
+    K = torch.tensor([[math.cos(0.5), math.sin(0.5)]], dtype=torch.float64)  # [d=1, m=2]
+
+    def search(weight: float) -> torch.Tensor:
+        if oblique:  # the new latents G w: their correlations with u are K G^T
+            return K @ sparsest_oblique(J_w, K=K, weight=weight).T
+        return K @ sparsest_rotation(J_w, K=K, weight=weight)
+
+    turned = search(1.0).abs().sort().values[0]
+    assert turned[1] > 0.99 and turned[0] < 0.05, turned
+    kept = search(0.0).abs()[0]
+    assert torch.allclose(kept, K.abs()[0], atol=0.05), kept
+
+
 def _own_parameters(model: CMCL) -> list[torch.nn.Parameter]:
     return list(model.network_.parameters())
 
 
-@pytest.mark.parametrize("oblique", [False, True])
-def test_rotation_preserves_the_decoded_posterior_means(oblique):
+@pytest.mark.parametrize(("oblique", "u_weight"), [(False, 0.0), (True, 0.0), (False, 1.0)])
+def test_rotation_preserves_the_decoded_posterior_means(oblique, u_weight):
     model, images, u = _tiny_fit(96, data_seed=0)
     net = model.network_
     z_before = net.posterior_means(images, u)
     with torch.no_grad():
         x_before = torch.sigmoid(net.decoder(torch.as_tensor(z_before, dtype=torch.float32)))
-    rotate_latents(net, z_before, seed=0, oblique=oblique)
+    rotate_latents(net, z_before, seed=0, oblique=oblique, u=u, u_weight=u_weight)
     z_after = net.posterior_means(images, u)
     with torch.no_grad():
         x_after = torch.sigmoid(net.decoder(torch.as_tensor(z_after, dtype=torch.float32)))
@@ -121,8 +142,8 @@ def test_a_rotation_drops_only_the_rewritten_layers_adam_moments(monkeypatch):
 
     kept = []
 
-    def spy(net, z, seed, oblique=False):
-        gain = rotate_latents(net, z, seed, oblique)
+    def spy(net, z, seed, *args, **kwargs):
+        gain = rotate_latents(net, z, seed, *args, **kwargs)
         own = {id(p) for p in net.parameters()}
         kept.append((own, {id(p) for p in rewritten_parameters(net)}))
         return gain
@@ -173,9 +194,9 @@ def test_a_last_rotation_precedes_the_final_dag_solve(monkeypatch):
 
     seen = []
 
-    def spy(net, z, seed, oblique=False):
+    def spy(net, z, seed, *args, **kwargs):
         seen.append(seed)
-        return rotate_latents(net, z, seed, oblique)
+        return rotate_latents(net, z, seed, *args, **kwargs)
 
     monkeypatch.setattr(training, "rotate_latents", spy)
     images, u = _noise_data(64, seed=0)
