@@ -47,18 +47,19 @@ def jacobian_at(decoder: nn.Module, z: torch.Tensor, step: torch.Tensor) -> torc
     return (diff / step[:, None, None]).permute(1, 2, 0)
 
 
-def _loss(J: torch.Tensor, K: torch.Tensor | None, weight: float):
-    """``sum |J T|`` for a basis change ``T`` [m, m], plus, with ``K`` (``[d, m]``
-    correlations of the clinical features with the current latents) and ``weight > 0``,
-    ``weight * sum|K T| / sum|K| * sum|J|``: each term relative to its value at the start,
-    so ``weight`` trades their relative changes and the Jacobian term keeps its scale."""
+def _soft_l1(X: torch.Tensor) -> torch.Tensor:
+    """A smooth L1 norm of every entry of ``X``."""
+    return torch.sqrt(X.pow(2) + 1e-10).sum()
+
+
+def _clinical_scale(J: torch.Tensor, K: torch.Tensor | None, weight: float) -> float:
+    """The factor of the clinical term ``sum |K T|``: ``weight * sum|J| / sum|K|``, so each
+    term is relative to its value at the start and ``weight`` trades their relative changes
+    while the Jacobian term keeps its scale; 0 without ``K`` (``[d, m]`` correlations of the
+    clinical features with the current latents) or ``weight``."""
     if K is None or weight <= 0:
-        return lambda T: torch.sqrt((J @ T).pow(2) + 1e-10).sum()
-    Kd = K.detach().cpu().float()
-    scale = weight * float(J.abs().sum()) / max(float(Kd.abs().sum()), 1e-12)
-    return lambda T: (
-        torch.sqrt((J @ T).pow(2) + 1e-10).sum() + scale * torch.sqrt((Kd @ T).pow(2) + 1e-10).sum()
-    )
+        return 0.0
+    return weight * float(J.abs().sum()) / max(float(K.abs().sum()), 1e-12)
 
 
 def sparsest_rotation(
@@ -70,7 +71,7 @@ def sparsest_rotation(
     weight: float = 0.0,
 ) -> torch.Tensor:
     """Orthogonal ``R`` [m, m] minimising ``sum |J R|`` for a Jacobian ``J`` [k, P, m]
-    (with ``K`` and ``weight``, plus the clinical term of :func:`_loss`).
+    (with ``K`` [d, m] and ``weight``, plus ``sum |K R|`` scaled by :func:`_clinical_scale`).
 
     Adam on a skew-symmetric parametrisation ``R = expm(S - S^T)``, its learning rate decayed
     to 0 on a cosine schedule, from the identity (the current, whitened basis) and from
@@ -84,7 +85,12 @@ def sparsest_rotation(
     m = J.shape[-1]
     gen = torch.Generator().manual_seed(seed)
     Jd = J.detach().cpu().float()  # float32: the optimum of float64 (tested), 1.1-1.8x faster
-    objective = _loss(Jd, K, weight)
+    Kd = None if K is None else K.detach().cpu().float()
+    c = _clinical_scale(Jd, Kd, weight)
+    Kd = None if c == 0 else Kd
+
+    def objective(R: torch.Tensor) -> torch.Tensor:
+        return _soft_l1(Jd @ R) if Kd is None else _soft_l1(Jd @ R) + c * _soft_l1(Kd @ R)
 
     best_R, best = torch.eye(m, dtype=torch.float64), float(objective(torch.eye(m)))
     starts = [torch.zeros(m, m)]
@@ -117,24 +123,20 @@ def sparsest_oblique(
     but may correlate (``cov(z') = G G^T``), as in oblique factor rotation (Jennrich 2006,
     component loss; the L1 loss grows without bound as two rows of ``G`` become parallel, so
     the latents cannot collapse onto one another). With ``K`` [d, m] (correlations of the
-    clinical features with ``w``) and ``weight``, plus ``sum |K G^T|`` as in :func:`_loss`.
+    clinical features with ``w``) and ``weight``, plus ``sum |K G^T|`` scaled by
+    :func:`_clinical_scale`.
 
     Adam on an unconstrained ``M`` (rows normalised to give ``G``), from the identity, its rate
     cosine-decayed to 0 as in :func:`sparsest_rotation`.
     """
     m = J.shape[-1]
     Jd = J.detach().cpu().float()
-    jac = _loss(Jd, None, 0.0)
-    clinical = None if K is None or weight <= 0 else _loss(K.float(), None, 0.0)
-    scale = (
-        0.0
-        if clinical is None
-        else weight * float(Jd.abs().sum()) / max(float(K.abs().sum()), 1e-12)
-    )
+    c = _clinical_scale(Jd, K, weight)
+    Kd = None if c == 0 else K.detach().cpu().float()
 
     def objective(G: torch.Tensor) -> torch.Tensor:
-        out = jac(torch.linalg.inv(G))
-        return out if clinical is None else out + scale * clinical(G.T)
+        jac = _soft_l1(Jd @ torch.linalg.inv(G))
+        return jac if Kd is None else jac + c * _soft_l1(Kd @ G.T)
 
     M = torch.eye(m).requires_grad_(True)
     opt = torch.optim.Adam([M], lr=0.02)
@@ -206,9 +208,10 @@ def sparse_basis(
         oblique: search the oblique ``G`` instead of the orthogonal ``R``.
         u_features: ``[k, d']`` the clinical features of the same rows (``UFeatures``), for
             ``u_weight``.
-        u_weight: weight of the clinical term (:func:`_loss`): a basis in which each clinical
-            variable correlates with few latents is preferred, as the Jacobian term prefers
-            one in which each pixel depends on few latents. 0: the Jacobian alone.
+        u_weight: weight of the clinical term (:func:`_clinical_scale`): a basis in which
+            each clinical variable correlates with few latents is preferred, as the Jacobian
+            term prefers one in which each pixel depends on few latents. 0: the Jacobian
+            alone.
 
     Returns:
         ``(A [m, m], b [m], gain)`` in float64 on the CPU, ``A = R^T L^{-1}`` (oblique:
